@@ -147,3 +147,18 @@ def test_bad_tokens_fail_clearly():
         model(torch.zeros(1, 9, dtype=torch.long))
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 10\)"):
         model(torch.full((1, 3), 10))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_per_head_path_gives_the_same_function_as_the_fused_path(bias):
+    """With a hook on hook_result the model splits W_O per head; the output must not change."""
+    model = GPT(GPTConfig(vocab_size=10, n_ctx=8, bias=bias, init_std=0.2))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.uniform_(-0.5, 0.5)
+    tokens = torch.arange(7)[None]
+    fused = model(tokens)
+    with model.hooks([("blocks.0.attn.hook_result", lambda x, hook: None)]):
+        split = model(tokens)
+    torch.testing.assert_close(split, fused, rtol=1e-5, atol=1e-6)

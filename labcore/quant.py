@@ -1,0 +1,646 @@
+"""Blockwise absmax 4-bit quantisation (NF4 / FP4 / Int4), double quantisation, and the
+bitsandbytes helpers that QLoRA experiments need on a CPU.
+
+Why a hand-written quantiser: QLoRA's storage format is simple enough to write in thirty lines of
+PyTorch, and writing it is the best way to see what "NF4 + double quantisation" means. The tests
+check that it reproduces bitsandbytes bit for bit (NF4, FP4) and within one 8-bit code step for
+the double-quantised constants (see ``double_quantize``).
+
+The recipe (Dettmers et al. 2023, QLoRA §2 and §3; arXiv 2305.14314):
+
+1. Flatten the weight and cut it into blocks of ``block_size`` (64) consecutive values.
+2. Per block, the **absmax** constant  c = max |w_b|  maps the block into [-1, 1]:  x = w / c.
+3. Each x is replaced by the index of the nearest value of a 16-entry **codebook**
+   (round to nearest, ties to the lower value, as bitsandbytes does).
+4. Dequantise:  ŵ = codebook[index] · c.
+
+Storage: 4 bits per weight plus 32/64 = 0.5 bits per weight for the fp32 constants.
+**Double quantisation** stores the constants themselves in 8 bits (blocks of 256, mean-centred),
+which brings the overhead to 8/64 + 32/(64·256) = 0.126953125 bits (``bits_per_parameter``).
+
+Codebooks (all normalised so that max |value| = 1):
+
+* ``nf4_codebook``  NormalFloat: quantiles of N(0, 1), asymmetric, 8 positive / 7 negative / 0.
+* ``fp4_codebook``  bitsandbytes' FP4 (E2M1: 1 sign, 2 exponent, 1 mantissa bit, bias 2).
+* ``int4_codebook`` symmetric integers -7..7 / 7 (15 levels, exact zero).
+
+bitsandbytes is optional (``pip install bitsandbytes==0.50.2``); only the ``bnb_*`` helpers,
+``guard_linear4bit_cpu`` and ``quantize_model_4bit`` need it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = [
+    "NF4_OFFSET",
+    "QuantizedTensor",
+    "DoubleQuantState",
+    "nf4_codebook",
+    "fp4_codebook",
+    "int4_codebook",
+    "dynamic_map_8bit",
+    "get_codebook",
+    "quantize_blockwise",
+    "dequantize",
+    "double_quantize",
+    "dequantize_double",
+    "bits_per_parameter",
+    "quantization_error",
+    "max_half_gap",
+    "fake_quantize_model",
+    "default_quant_filter",
+    "model_footprint_bytes",
+    "bnb_available",
+    "bnb_nf4_codebook",
+    "bnb_roundtrip",
+    "guard_linear4bit_cpu",
+    "quantize_model_4bit",
+    "dequantized_linear4bit_weight",
+]
+
+BNB_INSTALL_HINT = "bitsandbytes is not installed: pip install bitsandbytes==0.50.2"
+
+# ½[(1 − 1/(2·15)) + (1 − 1/(2·16))]: the outermost quantile. norm.ppf(1.0) = ∞, so QLoRA
+# stops at the midpoint of the outer quantiles of a 15- and a 16-bin grid (bitsandbytes'
+# create_normal_map default; QLoRA App. E).
+NF4_OFFSET = 0.9677083
+
+CodebookLike = str | torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------
+# Codebooks
+# --------------------------------------------------------------------------------------------
+
+
+def nf4_codebook(offset: float = NF4_OFFSET) -> torch.Tensor:
+    """The 16 NormalFloat-4 values, sorted, in [-1, 1] (float32).
+
+    QLoRA §3: quantile quantisation of N(0, 1), q_i = ½(Q(i/(2^k+1)) + Q((i+1)/(2^k+1))), made
+    asymmetric so that 0 is exactly representable and all 16 codes are used: 9 quantiles on the
+    positive side and 8 on the negative side (each including 0), one of the two zeros dropped.
+    The construction below is bitsandbytes' ``create_normal_map(offset, use_extra_value=True)``:
+
+        positive = norm.ppf(linspace(offset, 0.5, 9)[:-1])     # 8 values
+        negative = -norm.ppf(linspace(offset, 0.5, 8)[:-1])    # 7 values
+        codebook = sort(positive ∪ {0} ∪ negative) / max
+
+    The linspace is taken in float32 like bitsandbytes' ``torch.linspace``; the result equals
+    ``bitsandbytes.functional.get_4bit_type('nf4')`` and QLoRA App. E exactly in float32.
+    """
+    try:
+        from scipy.stats import norm
+    except ImportError as exc:  # pragma: no cover - scipy is a core dependency
+        raise ImportError("scipy is needed to build the NF4 codebook: pip install scipy") from exc
+
+    positive = norm.ppf(torch.linspace(offset, 0.5, 9)[:-1].double().numpy())
+    negative = -norm.ppf(torch.linspace(offset, 0.5, 8)[:-1].double().numpy())
+    values = torch.tensor([*positive.tolist(), 0.0, *negative.tolist()], dtype=torch.float32)
+    values = values.sort().values
+    return values / values.max()
+
+
+def fp4_codebook() -> torch.Tensor:
+    """bitsandbytes' FP4 (E2M1) values, indexed by the 4-bit pattern (float32, *not* sorted).
+
+    Bit 3 is the sign. The three magnitude bits (2 exponent bits, 1 mantissa bit) map, in
+    bitsandbytes' layout (not IEEE order), to 0, 0.0625, 8, 12, 4, 6, 2, 3 for patterns
+    000 … 111: the exponent field picks 2³, 2² or 2¹ (or the subnormal range for 0 and 0.0625)
+    and the mantissa bit multiplies by 1 or 1.5 (``get_4bit_type('fp4')``, regenerated by
+    ``create_fp8_map(signed=True, exponent_bits=2, precision_bits=1, total_bits=4)``). Divided by
+    the max (12), the positive levels are {1/192, 1/6, 1/4, 1/3, 1/2, 2/3, 1}. There are two
+    zeros (+0 and -0), so only 15 distinct values: FP4 wastes a code and spends one on the tiny
+    1/192, which is part of why NF4 beats it on normally distributed weights.
+    """
+    magnitudes = [0.0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0]
+    values = torch.tensor(magnitudes + [-m for m in magnitudes], dtype=torch.float32)
+    return values / values.abs().max()
+
+
+def int4_codebook() -> torch.Tensor:
+    """Symmetric linear 4-bit integers: (-7, …, 7) / 7 — 15 levels with an exact zero (float32).
+
+    This is the "Int4" baseline of QLoRA Table 2: evenly spaced levels waste resolution in the
+    tails, where few normally distributed weights live. (The 16th code is left unused so that
+    the grid stays symmetric and contains 0.)
+    """
+    return torch.arange(-7, 8, dtype=torch.float32) / 7.0
+
+
+def dynamic_map_8bit() -> torch.Tensor:
+    """bitsandbytes' signed 8-bit "dynamic tree" map (256 sorted values in [-1, 1]).
+
+    This is the map bitsandbytes uses to double-quantise the absmax constants
+    (``create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)``; Dettmers 2015,
+    "8-Bit Approximations for Parallelism in Deep Learning"). Each decade 10^-6 … 10^0 gets
+    2^i evenly spaced midpoints (i = 0 … 6), mirrored for negative values, plus 0 and 1.
+    The QLoRA paper describes the second level as "8-bit Floats"; the released code uses this
+    map. Values are built the way bitsandbytes builds them so that the two are equal bit for bit.
+    """
+    data: list[float] = []
+    max_exponent_bits = 7
+    for i in range(max_exponent_bits):
+        n_fractions = 2**i + 1
+        boundaries = torch.linspace(0.1, 1, n_fractions, dtype=torch.float32)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        decade = 10 ** (-(max_exponent_bits - 1) + i)
+        data += (decade * means).tolist()  # float32 products, as in bitsandbytes
+        data += (-decade * means).tolist()
+    data += [0.0, 1.0]
+    assert len(data) == 256
+    return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+_CODEBOOKS: dict[str, Callable[[], torch.Tensor]] = {
+    "nf4": nf4_codebook,
+    "fp4": fp4_codebook,
+    "int4": int4_codebook,
+    "dynamic8": dynamic_map_8bit,
+}
+
+
+def get_codebook(kind: CodebookLike) -> torch.Tensor:
+    """A codebook by name ("nf4", "fp4", "int4", "dynamic8") or a 1-D tensor passed through."""
+    if isinstance(kind, torch.Tensor):
+        codebook = kind.detach().to(torch.float32).flatten()
+    else:
+        try:
+            codebook = _CODEBOOKS[kind.lower()]()
+        except KeyError:
+            raise ValueError(
+                f"unknown codebook {kind!r}: choose one of {sorted(_CODEBOOKS)} or pass a tensor"
+            ) from None
+    if codebook.numel() < 2 or codebook.numel() > 256:
+        raise ValueError(f"a codebook needs 2..256 values (uint8 codes), got {codebook.numel()}")
+    return codebook
+
+
+def max_half_gap(codebook: CodebookLike) -> float:
+    """Half the largest gap between neighbouring distinct codebook values.
+
+    Round-to-nearest error bound: |w − ŵ| ≤ absmax · max_half_gap (for values inside the codebook's
+    range, which absmax scaling guarantees when the codebook reaches ±1).
+    """
+    values = torch.unique(get_codebook(codebook).double())
+    return float((values[1:] - values[:-1]).max() / 2)
+
+
+def _nearest_code(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook value for every element of x (uint8).
+
+    Sorted distinct values, decision boundaries at the midpoints, ``bucketize`` with
+    right=False: a value exactly on a boundary goes to the lower neighbour (bitsandbytes'
+    default kernel does the same). Duplicate values (FP4's +0 and -0) map to their lowest code.
+    """
+    values, order = torch.sort(codebook, stable=True)
+    keep = torch.ones_like(values, dtype=torch.bool)
+    keep[1:] = values[1:] != values[:-1]  # first of each run of equal values = lowest index
+    values, order = values[keep], order[keep]
+    midpoints = (values[:-1] + values[1:]) / 2
+    position = torch.bucketize(x, midpoints, right=False)
+    return order[position].to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------
+# Blockwise quantisation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DoubleQuantState:
+    """The absmax constants quantised a second time (QLoRA §3, "Double Quantization").
+
+    c₂ (one fp32 absmax per 64 weights) → mean-centred → 8-bit codes in blocks of 256, with one
+    fp32 second-level constant c₁ per block and the fp32 mean ``offset``.
+    """
+
+    codes: torch.Tensor  # uint8, (n_blocks,)
+    absmax2: torch.Tensor  # float32, (ceil(n_blocks / block_size),)
+    offset: torch.Tensor  # float32 scalar: mean of the first-level constants
+    codebook: torch.Tensor  # float32, 256 values
+    block_size: int
+    n: int  # number of first-level constants
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.numel() + 4 * self.absmax2.numel() + 4
+
+
+@dataclass
+class QuantizedTensor:
+    """A blockwise-quantised tensor: one uint8 code per value (unpacked, for readability).
+
+    ``absmax`` holds the fp32 per-block constants, or is None when they were double-quantised
+    (then ``double_quant`` holds them). ``scales()`` returns the constants that dequantisation
+    multiplies by in either case.
+    """
+
+    codes: torch.Tensor  # uint8, flat (numel,)
+    absmax: torch.Tensor | None  # float32, (n_blocks,), None with double quantisation
+    shape: torch.Size
+    codebook: torch.Tensor  # float32, (≤ 256,)
+    block_size: int
+    double_quant: DoubleQuantState | None = None
+
+    @property
+    def numel(self) -> int:
+        return self.codes.numel()
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.numel // self.block_size)
+
+    @property
+    def bits(self) -> int:
+        """Bits per code: ceil(log2(codebook size)) — 4 for NF4, FP4 and Int4."""
+        return max(1, math.ceil(math.log2(self.codebook.numel())))
+
+    def scales(self) -> torch.Tensor:
+        """The per-block constants used for dequantisation (fp32, (n_blocks,))."""
+        if self.double_quant is not None:
+            return dequantize_double(self.double_quant)
+        assert self.absmax is not None
+        return self.absmax
+
+    @property
+    def nbytes(self) -> int:
+        """Storage if the codes were packed (two 4-bit codes per byte) plus the constants."""
+        code_bytes = math.ceil(self.numel * self.bits / 8)
+        if self.double_quant is not None:
+            return code_bytes + self.double_quant.nbytes
+        assert self.absmax is not None
+        return code_bytes + 4 * self.absmax.numel()
+
+
+def _blocks(flat: torch.Tensor, block_size: int) -> torch.Tensor:
+    """(n,) -> (n_blocks, block_size), zero-padding a shorter last block (zeros never raise absmax)."""
+    pad = (-flat.numel()) % block_size
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    return flat.view(-1, block_size)
+
+
+def quantize_blockwise(
+    w: torch.Tensor,
+    codebook: CodebookLike = "nf4",
+    block_size: int = 64,
+    *,
+    double_quant: bool = False,
+    dq_block_size: int = 256,
+    allow_partial_block: bool = False,
+) -> QuantizedTensor:
+    """Blockwise absmax quantisation of ``w`` onto ``codebook`` (QLoRA §2 "Block-wise k-bit").
+
+    The tensor is flattened in row-major order (as bitsandbytes does) and cut into blocks of
+    ``block_size`` values. Per block: c = max|w_b|,  x = w_b · (1/c),  code = nearest(x).
+    A block of zeros gets c = 0 and dequantises to exact zeros.
+
+    ``allow_partial_block``: bitsandbytes accepts a shorter last block; by default we refuse
+    sizes that the block size does not divide, because a partial block is usually a mistake in
+    a teaching experiment. ``double_quant`` compresses the constants (``double_quantize``).
+    """
+    if block_size <= 0:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    if not w.is_floating_point():
+        raise TypeError(f"quantize_blockwise needs a floating-point tensor, got {w.dtype}")
+    if w.numel() == 0:
+        raise ValueError("cannot quantise an empty tensor")
+    if w.numel() % block_size and not allow_partial_block:
+        raise ValueError(
+            f"block_size {block_size} does not divide the tensor's {w.numel()} values "
+            f"(shape {tuple(w.shape)}); pass allow_partial_block=True for a shorter last block "
+            "(bitsandbytes' behaviour)"
+        )
+    if not torch.isfinite(w).all():
+        raise ValueError("cannot quantise a tensor holding inf or NaN")
+    cb = get_codebook(codebook)
+    flat = w.detach().reshape(-1).to(torch.float32)
+    n = flat.numel()
+
+    blocks = _blocks(flat, block_size)  # (n_blocks, block_size)
+    absmax = blocks.abs().amax(dim=1)  # c₂: one fp32 constant per block
+    # Multiply by the reciprocal, like bitsandbytes, so values on a decision boundary round
+    # the same way; clamp guards all-zero blocks (their codes are 0 · anything = 0).
+    x = (blocks * (1.0 / absmax.clamp(min=1e-38)).unsqueeze(1)).clamp(-1.0, 1.0)
+    codes = _nearest_code(x, cb).reshape(-1)[:n]
+
+    dq_state = double_quantize(absmax, block_size=dq_block_size) if double_quant else None
+    return QuantizedTensor(
+        codes=codes,
+        absmax=None if double_quant else absmax,
+        shape=torch.Size(w.shape),
+        codebook=cb,
+        block_size=block_size,
+        double_quant=dq_state,
+    )
+
+
+def dequantize(q: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """ŵ = codebook[code] · c, block by block, reshaped to the original shape."""
+    values = q.codebook[q.codes.long()]  # in [-1, 1]
+    blocks = _blocks(values, q.block_size)
+    out = (blocks * q.scales().unsqueeze(1)).reshape(-1)[: q.numel]
+    return out.reshape(q.shape).to(dtype)
+
+
+def double_quantize(
+    absmax: torch.Tensor, block_size: int = 256, codebook: CodebookLike = "dynamic8"
+) -> DoubleQuantState:
+    """Quantise the first-level constants to 8 bits (QLoRA §3 "Double Quantization").
+
+    The constants are all positive, so they are mean-centred first (offset = mean(c₂)) to use
+    the signed 8-bit code symmetrically, then blockwise-absmax quantised in blocks of 256 with
+    bitsandbytes' 8-bit dynamic map (the paper says FP8; the code uses the dynamic map).
+    bitsandbytes' ``quantize_4bit(compress_statistics=True)`` does the same; the one difference is
+    rounding: its CPU kernel finds the code with an approximate table-driven binary search
+    (BinSearch "Direct2") that for about 0.2% of the constants picks the second-nearest of two
+    neighbouring codes, whereas we round to the nearest. A constant then differs by one step of
+    the 8-bit map (≤ 1.4% of that block's centred range; see tests/test_quant.py).
+    """
+    absmax = absmax.detach().reshape(-1).to(torch.float32)
+    offset = absmax.mean()
+    q = quantize_blockwise(absmax - offset, codebook, block_size, allow_partial_block=True)
+    assert q.absmax is not None
+    return DoubleQuantState(
+        codes=q.codes,
+        absmax2=q.absmax,
+        offset=offset,
+        codebook=q.codebook,
+        block_size=block_size,
+        n=absmax.numel(),
+    )
+
+
+def dequantize_double(state: DoubleQuantState) -> torch.Tensor:
+    """c₂ ≈ dynamic8[code] · c₁ + offset (fp32, (n,))."""
+    blocks = _blocks(state.codebook[state.codes.long()], state.block_size)
+    centred = (blocks * state.absmax2.unsqueeze(1)).reshape(-1)[: state.n]
+    return centred + state.offset
+
+
+def bits_per_parameter(
+    block_size: int = 64,
+    double_quant: bool = False,
+    dq_block: int = 256,
+    *,
+    constant_bits: int = 32,
+    dq_bits: int = 8,
+    weight_bits: int = 0,
+) -> float:
+    """Memory overhead of the quantisation constants, in bits per weight (QLoRA §3).
+
+    Without DQ: one fp32 constant per block,   32 / 64               = 0.5.
+    With DQ:    8-bit constants + fp32 per 256, 8 / 64 + 32 / (64·256) = 0.126953125.
+    (The single fp32 mean offset per tensor is negligible and not counted, as in the paper.)
+    Pass ``weight_bits=4`` to get the total storage per weight (4.5 / 4.127).
+    """
+    if double_quant:
+        overhead = dq_bits / block_size + constant_bits / (block_size * dq_block)
+    else:
+        overhead = constant_bits / block_size
+    return weight_bits + overhead
+
+
+def quantization_error(
+    w: torch.Tensor, kind: CodebookLike = "nf4", block_size: int = 64, double_quant: bool = False
+) -> float:
+    """Root-mean-square error of the quantise → dequantise round trip, sqrt(mean((w − ŵ)²))."""
+    q = quantize_blockwise(w, kind, block_size, double_quant=double_quant, allow_partial_block=True)
+    err = w.detach().to(torch.float32) - dequantize(q)
+    return float(err.double().pow(2).mean().sqrt())
+
+
+# --------------------------------------------------------------------------------------------
+# Whole models
+# --------------------------------------------------------------------------------------------
+
+OUTPUT_LAYER_NAMES = ("lm_head", "W_U")
+
+
+def default_quant_filter(name: str) -> bool:
+    """Quantise every linear layer except the output projection (lm_head / W_U).
+
+    QLoRA (and transformers' bitsandbytes integration) keep the output layer in 16 bits; it is
+    also often tied to the input embedding, which an in-place fake quantisation would change.
+    """
+    return name.rsplit(".", 1)[-1] not in OUTPUT_LAYER_NAMES
+
+
+def _linear_names(model: nn.Module, name_filter: Callable[[str], bool] | None) -> list[str]:
+    keep = name_filter or default_quant_filter
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and keep(n)]
+
+
+@torch.no_grad()
+def fake_quantize_model(
+    model: nn.Module,
+    kind: CodebookLike = "nf4",
+    block_size: int = 64,
+    double_quant: bool = False,
+    name_filter: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """Replace each selected ``nn.Linear`` weight *in place* by quantise→dequantise(weight).
+
+    This is post-training quantisation as QLoRA's forward pass sees it (it dequantises to
+    16 bits before the matmul), so perplexity before/after compares data types (Table 2) on a
+    CPU without 4-bit kernels. Biases stay in full precision. Returns the names changed.
+    A shorter last block is allowed, as in bitsandbytes.
+    """
+    names = _linear_names(model, name_filter)
+    modules = dict(model.named_modules())
+    for name in names:
+        weight = modules[name].weight
+        q = quantize_blockwise(
+            weight, kind, block_size, double_quant=double_quant, allow_partial_block=True
+        )
+        weight.copy_(dequantize(q, weight.dtype))
+    return names
+
+
+def _quant_state_tensors(state) -> list[torch.Tensor]:
+    """Tensors held by a bitsandbytes QuantState (absmax, code, offset, nested state)."""
+    out = []
+    for attr in ("absmax", "code", "offset"):
+        t = getattr(state, attr, None)
+        if isinstance(t, torch.Tensor):
+            out.append(t)
+    nested = getattr(state, "state2", None)
+    if nested is not None:
+        out += _quant_state_tensors(nested)
+    return out
+
+
+def model_footprint_bytes(model: nn.Module) -> int:
+    """Bytes held by the model: parameters + buffers + bitsandbytes quantisation state.
+
+    A ``Params4bit`` weight's data is the packed 4-bit storage (two codes per byte); its
+    ``quant_state`` adds the absmax constants (fp32, or uint8 + fp32 with double quantisation),
+    the code tables and the nested state. Shared tensors (tied weights) are counted once.
+    """
+    seen: set[tuple[int, int]] = set()
+    total = 0
+
+    def add(t: torch.Tensor) -> None:
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.storage_offset()) if t.numel() else (id(t), 0)
+        if key in seen:
+            return
+        seen.add(key)
+        total += t.numel() * t.element_size()
+
+    for p in model.parameters():
+        add(p)
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            for t in _quant_state_tensors(state):
+                add(t)
+    for b in model.buffers():
+        add(b)
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# bitsandbytes helpers
+# --------------------------------------------------------------------------------------------
+
+
+def bnb_available() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _bnb():
+    try:
+        import bitsandbytes
+    except ImportError as exc:
+        raise ImportError(BNB_INSTALL_HINT) from exc
+    return bitsandbytes
+
+
+def bnb_nf4_codebook() -> torch.Tensor:
+    """bitsandbytes' NF4 table. On CPU the device must be given (the default is cuda)."""
+    return _bnb().functional.get_4bit_type("nf4", device="cpu")
+
+
+def bnb_roundtrip(
+    w: torch.Tensor,
+    quant_type: str = "nf4",
+    compress_statistics: bool = False,
+    block_size: int = 64,
+) -> torch.Tensor:
+    """bitsandbytes' quantize_4bit → dequantize_4bit on CPU (same dtype and shape as ``w``)."""
+    F = _bnb().functional
+    packed, state = F.quantize_4bit(
+        w.detach().contiguous(),
+        blocksize=block_size,
+        compress_statistics=compress_statistics,
+        quant_type=quant_type,
+    )
+    return F.dequantize_4bit(packed, state).reshape(w.shape)
+
+
+def guard_linear4bit_cpu(model: nn.Module) -> int:
+    """Stop bitsandbytes repacking 4-bit weights for CPU inference; returns how many it guarded.
+
+    The pitfall: on a CPU with AVX-512 BF16, the first forward of a ``Linear4bit`` in eval mode
+    with an input that does not require grad (any ``torch.no_grad()`` evaluation) converts the
+    weight to a packed inference layout (``quant_state.packing_format_for_cpu``). Later training
+    forwards still go through the layout-unaware path, so LoRA gradients come out silently wrong
+    (relative error ~0.3 measured on a tiny Llama) or crash (GPT-2). Setting
+    ``support_avx512bf16_for_cpu = False`` on every ``Linear4bit`` *before the first forward*
+    disables the repacking. A layer that was already repacked cannot be repaired exactly (the
+    repacking rounds the absmax constants to bfloat16 and bitsandbytes' inverse is best-effort),
+    so that case raises: quantise again and guard before the first forward.
+    """
+    bnb = _bnb()
+    guarded = 0
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            state = getattr(module.weight, "quant_state", None)
+            if getattr(state, "packing_format_for_cpu", False):
+                raise RuntimeError(
+                    f"{name or 'model'}: this Linear4bit was already repacked for CPU inference by "
+                    "an eval/no-grad forward (absmax rounded to bfloat16; LoRA gradients through it "
+                    "are wrong). Quantise the model again and call guard_linear4bit_cpu(model) "
+                    "before the first forward."
+                )
+            module.support_avx512bf16_for_cpu = False
+            guarded += 1
+    return guarded
+
+
+def quantize_model_4bit(
+    model: nn.Module,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    name_filter: Callable[[str], bool] | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    block_size: int = 64,
+    guard: bool = True,
+) -> list[str]:
+    """Swap selected ``nn.Linear`` modules for bitsandbytes ``Linear4bit`` holding the same weights.
+
+    The CPU equivalent of ``from_pretrained(..., quantization_config=BitsAndBytesConfig(
+    load_in_4bit=True, bnb_4bit_quant_type=quant_type, bnb_4bit_use_double_quant=double_quant))``
+    for models built locally (the glass-box GPT, tiny HF models). The output layer is skipped by
+    default (``default_quant_filter``). Sets ``model.is_loaded_in_4bit = True`` so that peft
+    wraps the layers with its 4-bit LoRA class, and guards the layers against the CPU repacking
+    pitfall unless ``guard=False`` (only the pitfall test should pass that). Returns the names.
+    """
+    bnb = _bnb()
+    if quant_type not in ("nf4", "fp4"):
+        raise ValueError(f"bitsandbytes 4-bit quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
+    names = _linear_names(model, name_filter)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old: nn.Linear = getattr(parent, child)
+        if old.weight.device.type != "cpu":
+            raise ValueError(f"quantize_model_4bit works on CPU models; {name} is on {old.weight.device}")
+        new = bnb.nn.Linear4bit(
+            old.in_features,
+            old.out_features,
+            bias=old.bias is not None,
+            compute_dtype=compute_dtype,
+            compress_statistics=double_quant,
+            quant_type=quant_type,
+            device="cpu",
+        )
+        new.weight = bnb.nn.Params4bit(
+            old.weight.detach().to(torch.float32).contiguous().clone(),
+            requires_grad=False,
+            blocksize=block_size,
+            compress_statistics=double_quant,
+            quant_type=quant_type,
+            module=new,
+        )._quantize("cpu")
+        if old.bias is not None:
+            new.bias = nn.Parameter(old.bias.detach().clone(), requires_grad=old.bias.requires_grad)
+        new.train(old.training)
+        setattr(parent, child, new)
+    model.is_loaded_in_4bit = True
+    if guard:
+        guard_linear4bit_cpu(model)
+    return names
+
+
+def dequantized_linear4bit_weight(module: nn.Module) -> torch.Tensor:
+    """The fp32 weight a ``Linear4bit`` computes with (for building an fp32 reference model)."""
+    bnb = _bnb()
+    weight = module.weight
+    state = weight.quant_state
+    if getattr(state, "packing_format_for_cpu", False):
+        raise RuntimeError(
+            "this Linear4bit was repacked for CPU inference (an eval/no-grad forward ran before "
+            "guard_linear4bit_cpu); call guard_linear4bit_cpu(model) first"
+        )
+    return bnb.functional.dequantize_4bit(weight.data, state).to(torch.float32)
