@@ -114,19 +114,15 @@ def cached(
 ) -> tuple[GPT, bool]:
     """Return (model, loaded_from_cache). Trains with `train_fn()` and saves when not cached.
 
-    The cache folder is `cache_dir`, else LAB_MODEL_CACHE, else `<results>/cache/models`;
-    LAB_MODEL_CACHE=0 turns caching off. CI's results folder is temporary, so CI always trains.
+    The cache folder is `cache_dir`, else `labcore.paths.cache_dir()/models` (under the results
+    folder, or LAB_CACHE_DIR). LAB_MODEL_CACHE=0 turns caching off: CI trains every model afresh.
     """
     if cache_dir is None:
-        env = os.environ.get("LAB_MODEL_CACHE", "")
-        if env == "0":
+        if os.environ.get("LAB_MODEL_CACHE") == "0":
             return train_fn(), False
-        if env:
-            cache_dir = env
-        else:
-            from labcore.paths import cache_dir as results_cache_dir
+        from labcore.paths import cache_dir as lab_cache_dir
 
-            cache_dir = results_cache_dir() / "models"
+        cache_dir = lab_cache_dir() / "models"
     path = Path(cache_dir) / f"{name}-{cache_key(config, seed, recipe)}.safetensors"
     if path.exists():
         try:

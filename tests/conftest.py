@@ -1,0 +1,20 @@
+"""Shared test setup for labcore's own tests.
+
+* ``pytester`` drives inner pytest runs for the plugin tests.
+* Every test gets its own results folder, so no test ever writes into the user's ``results/``.
+"""
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_results(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh LAB_RESULTS_DIR for each test (and no inherited cache override)."""
+    folder = tmp_path_factory.mktemp("results")
+    monkeypatch.setenv("LAB_RESULTS_DIR", str(folder))
+    monkeypatch.delenv("LAB_CACHE_DIR", raising=False)
+    return folder

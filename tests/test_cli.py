@@ -1,0 +1,294 @@
+"""The ``lab`` command: help, new, log, report, run and calibrate."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labcore.calibrate import CalibrationError, calibrate, calibration_tables, numeric_stats, render_pass_rates
+from labcore.claims import load_claim_from_module
+from labcore.cli import main
+from labcore.history import append_record, read_history
+
+# --- help --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["new"], ["log"], ["report"], ["calibrate"]])
+def test_every_command_has_help_with_examples(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: lab" in out
+    assert ("start here:" if not command else "examples:") in out
+
+
+# --- lab new -----------------------------------------------------------------------------------
+
+
+def _import(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(f"generated_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_new_writes_a_valid_claim_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    claims = tmp_path / "claims"
+    rc = main(["new", "lora/rank_one_enough", "--claims-dir", str(claims),
+               "--statement", 'a "very low" rank suffices', "--prediction", "rank 1 ≈ rank 8", "--tier", "full"])
+    assert rc == 0
+    path = claims / "lora" / "test_rank_one_enough.py"
+    assert f"wrote {path}" in capsys.readouterr().out
+    claim = load_claim_from_module(_import(path))
+    assert (claim.id, claim.paper, claim.tier) == ("rank_one_enough", "lora", "full")
+    assert claim.statement == 'a "very low" rank suffices'
+    assert claim.prediction == "rank 1 ≈ rank 8"
+    assert claim.source.arxiv == "2106.09685"
+    assert "TODO" not in path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("gpt5/some_claim", "paper 'gpt5' is unknown; use one of attention, bayes, lora, qlora, forgetting"),
+        ("attention/1bad", "id must be a Python identifier"),
+        ("attention", "'attention' is not <paper>/<claim_id>"),
+        ("attention/lora", "id is already a marker"),
+    ],
+)
+def test_new_refuses_bad_names(spec: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["new", spec, "--claims-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lab new: error: ") and message in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_new_never_overwrites_or_duplicates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    claims = ["--claims-dir", str(tmp_path)]
+    assert main(["new", "attention/qk_variance", *claims]) == 0
+    assert main(["new", "attention/qk_variance", *claims]) == 2
+    assert "already used by" in capsys.readouterr().err
+    assert main(["new", "bayes/qk_variance", *claims]) == 2  # same id, other paper
+    assert "claim id 'qk_variance' is already used by" in capsys.readouterr().err
+
+
+# --- lab log / lab report ----------------------------------------------------------------------
+
+
+def make_record(claim: str, test: str, outcome: str, time: str, run_id: str, **extra: Any) -> dict[str, Any]:
+    paper = extra.pop("paper", "attention")
+    return {
+        "time": time, "claim": claim, "paper": paper, "statement": f"statement of {claim}",
+        "source": {"title": "Attention Is All You Need", "arxiv": "1706.03762", "version": "v7", "where": "§3"},
+        "paper_value": "d_k", "prediction": f"prediction of {claim}", "metric": "rel. error",
+        "tolerance": "≤ 0.05", "tolerance_why": f"why {claim}", "tier": "quick", "tags": [],
+        "test": f"claims/{paper}/test_{claim}.py::{test}", "params": {}, "outcome": outcome, "message": "",
+        "measured": {}, "seed": 0, "run_id": run_id, "plots": [], **extra,
+    }
+
+
+@pytest.fixture
+def history(isolated_results: Path) -> Path:
+    """Two runs of claim_a (failed, then passed), one skipped run of a LoRA claim, a torn line."""
+    log = isolated_results / "history.jsonl"
+    (isolated_results / "claim_a").mkdir()
+    (isolated_results / "claim_a" / "curve.png").write_bytes(b"\x89PNG")
+    append_record(log, make_record("claim_a", "test_x[4]", "failed", "2026-01-01T10:00:00+00:00", "r1",
+                                   measured={"rel_err": 0.2}, message="AssertionError: 0.2 > 0.05"))
+    append_record(log, make_record("claim_a", "test_x[64]", "passed", "2026-01-01T10:00:01+00:00", "r1",
+                                   measured={"rel_err": 0.01}))
+    with open(log, "a") as handle:
+        handle.write('{"schema": 2, "claim": "cla')  # killed mid-write
+    append_record(log, make_record("claim_a", "test_x[4]", "passed", "2026-01-02T09:00:00+00:00", "r2",
+                                   measured={"rel_err": 0.03}, plots=["claim_a/curve.png"]))
+    append_record(log, make_record("lora_claim", "test_y", "skipped", "2026-01-02T09:00:01+00:00", "r2",
+                                   paper="lora", message="needs a CUDA GPU"))
+    return log
+
+
+def test_log_shows_the_latest_verdict_per_claim(history: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["log"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["claim", "paper", "verdict", "tests", "last", "run", "measured"]
+    claim_a = next(line for line in lines if line.startswith("claim_a"))
+    assert "passed" in claim_a and "2 passed" in claim_a and "2026-01-02 09:00" in claim_a
+    assert "rel_err=0.01..0.03" in claim_a
+    assert next(line for line in lines if line.startswith("lora_claim")).split()[2] == "skipped"
+    assert "history.jsonl line 3 is truncated or malformed (skipped)" in out
+
+
+def test_log_filters_and_modes(history: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["log", "--paper", "lora"])
+    out = capsys.readouterr().out
+    assert "lora_claim" in out and "claim_a" not in out
+
+    main(["log", "--claim", "claim_a", "--all"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("2026-")]
+    assert len(rows) == 3
+    assert "AssertionError: 0.2 > 0.05" not in rows[0] and "rel_err=0.2" in rows[0]
+
+    main(["log", "--changes"])
+    out = capsys.readouterr().out
+    assert "claim_a" in out and "failed -> passed" in out and "r2" in out
+    assert "lora_claim" not in out  # a skipped run is not a verdict
+
+
+def test_log_on_an_empty_history_says_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["log"]) == 0
+    assert "No records in history.jsonl yet: run `lab run`" in capsys.readouterr().out
+
+
+def test_report_writes_markdown_with_plots_and_history(history: Path, isolated_results: Path) -> None:
+    assert main(["report"]) == 0
+    text = (isolated_results / "report.md").read_text()
+    assert "## Attention Is All You Need (attention, arXiv 1706.03762)" in text
+    assert "## LoRA: Low-Rank Adaptation of Large Language Models (lora, arXiv 2106.09685)" in text
+    assert text.index("claim_a") < text.index("lora_claim")
+    assert "### claim_a — passed" in text
+    assert "> statement of claim_a" in text
+    assert "- **Prediction:** prediction of claim_a" in text
+    assert "- **Why this tolerance:** why claim_a" in text
+    assert "Verdict history: 2026-01-01 10:00 failed · 2026-01-02 09:00 passed" in text
+    assert "![curve](claim_a/curve.png)" in text
+    assert "history.jsonl line 3 is truncated or malformed (skipped)" in text
+
+
+def test_report_elsewhere_in_html_links_plots_relatively(
+    history: Path, isolated_results: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    assert main(["report", "--out", str(out), "--format", "both"]) == 0
+    html = (out / "report.html").read_text()
+    assert (out / "report.md").exists()
+    relative = Path(__import__("os").path.relpath(isolated_results / "claim_a" / "curve.png", out)).as_posix()
+    assert f"src='{relative}'" in html
+    assert "<h3>claim_a — passed</h3>" in html
+
+
+# --- lab run -----------------------------------------------------------------------------------
+
+CLAIM_FILE = """\
+import pytest
+from labcore.claims import Claim, Source
+
+CLAIM = Claim(
+    id={claim_id!r}, paper="attention", statement="s",
+    source=Source(title="Attention Is All You Need", arxiv="1706.03762", version="v7", where="§3"),
+    paper_value="v", prediction="p", metric="m", tolerance="t", tolerance_why="w", tier="quick",
+)
+"""
+
+
+def make_project(root: Path, claim_id: str, body: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "conftest.py").write_text('pytest_plugins = ("labcore.plugin",)\n')
+    path = root / "claims" / "attention" / f"test_{claim_id}.py"
+    path.parent.mkdir(parents=True)
+    path.write_text(CLAIM_FILE.format(claim_id=claim_id) + textwrap.dedent(body))
+    return root
+
+
+def test_run_runs_pytest_then_writes_the_report(
+    tmp_path: Path, isolated_results: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(make_project(tmp_path, "run_claim", "def test_ok(lab):\n    lab.record(x=1.0)\n"))
+    assert main(["run", "-q", "-p", "no:randomly", "claims"]) == 0
+    assert "lab run: report written to" in capsys.readouterr().out
+    assert [r["claim"] for r in read_history(isolated_results / "history.jsonl").records] == ["run_claim"]
+    assert "### run_claim — passed" in (isolated_results / "report.md").read_text()
+
+    assert main(["run", "-q", "--no-report", "-m", "full", "claims"]) == 1
+    assert "pytest collected no tests (exit code 5)" in capsys.readouterr().err
+
+
+# --- lab calibrate -----------------------------------------------------------------------------
+
+CALIBRATED_BODY = """
+def test_value(lab):
+    lab.record(err=0.01 * (lab.seed + 1), label="text is ignored")
+
+def test_flaky(lab):
+    assert lab.seed != 1, "seed 1 is unlucky"
+"""
+
+
+def test_calibrate_sweeps_seeds_and_writes_statistics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    project = make_project(tmp_path / "project", "cal_claim", CALIBRATED_BODY)
+    out = tmp_path / "calibration"
+    printed: list[str] = []
+    rc = calibrate("cal_claim", seeds=3, out_dir=out, cwd=project, command="lab calibrate cal_claim --seeds 3",
+                   echo=printed.append)
+    assert rc == 0
+    table = json.loads((out / "cal_claim.json").read_text())
+    assert table["claim"] == "cal_claim" and table["seeds"] == [0, 1, 2]
+    assert table["command"] == "lab calibrate cal_claim --seeds 3"
+    assert set(table["machine"]) >= {"platform", "cpu_count", "devices"}
+    assert set(table["versions"]) == {"python", "torch", "transformers", "peft", "bitsandbytes"}
+    value = table["tests"]["claims/attention/test_cal_claim.py::test_value"]
+    assert value["pass_rate"] == 1.0 and value["runs"] == 3
+    stats = value["measured"]["err"]
+    assert stats["n"] == 3 and stats["median"] == pytest.approx(0.02)
+    assert stats["suggested_upper"] == pytest.approx(0.04) and stats["suggested_lower"] == pytest.approx(0.01)  # median/2 < p5
+    assert "label" not in value["measured"]
+    flaky = table["tests"]["claims/attention/test_cal_claim.py::test_flaky"]
+    assert flaky["pass_rate"] == pytest.approx(2 / 3) and flaky["outcomes"] == {"passed": 2, "failed": 1}
+    text = "\n".join(printed)
+    assert "FLAKY" in text and "seed 2 (3/3)" in text
+
+    printed.clear()
+    flaky_only = calibrate("cal_claim", seeds=1, start=1, out_dir=tmp_path / "unused", cwd=project,
+                           flaky_only=True, echo=printed.append)
+    assert flaky_only == 1
+    assert not (tmp_path / "unused").exists()
+
+    with pytest.raises(CalibrationError, match="exit code 4"):
+        calibrate("cal_clam", seeds=1, out_dir=out, cwd=project, echo=printed.append)
+
+
+def test_numeric_stats_and_suggested_thresholds() -> None:
+    stats = numeric_stats([1.0, 2.0, 3.0, 4.0])
+    assert stats["median"] == 2.5 and stats["min"] == 1.0 and stats["max"] == 4.0
+    assert stats["suggested_upper"] == 5.0  # 2 × median beats p95 = 3.85
+    assert stats["suggested_lower"] == pytest.approx(1.15)  # p5 is below median / 2
+    negative = numeric_stats([-2.0, -2.0, -2.0])
+    assert negative["suggested_upper"] >= negative["median"] >= negative["suggested_lower"]
+    assert numeric_stats([5.0])["std"] == 0.0
+
+
+def test_pass_rate_ignores_skips_and_counts_xfail_as_expected() -> None:
+    records = [
+        {"claim": "c", "test": "t", "outcome": outcome, "measured": {}} for outcome in
+        ("passed", "xfailed", "skipped", "failed")
+    ]
+    tables = calibration_tables(records)
+    assert tables["c"]["tests"]["t"]["pass_rate"] == pytest.approx(2 / 3)
+    assert "FLAKY" in render_pass_rates(tables)
+
+
+def test_lists_and_dicts_are_calibrated_entry_by_entry() -> None:
+    from labcore.calibrate import flatten_numeric
+
+    measured = {"a": 1, "per_dk": [1.0, 2.0], "nested": {"x": 2, "label": "s"}, "flag": True}
+    assert flatten_numeric(measured) == {"a": 1.0, "per_dk[0]": 1.0, "per_dk[1]": 2.0, "nested.x": 2.0}
+
+
+def test_calibrate_command_passes_arguments_after_double_dash_to_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
+    import labcore.cli
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(labcore.cli, "calibrate", lambda marker, **kwargs: calls.append((marker, kwargs)) or 0)
+    assert main(["calibrate", "lora", "--seeds", "5", "--start", "2", "--", "-n", "2"]) == 0
+    marker, kwargs = calls[0]
+    assert marker == "lora" and kwargs["seeds"] == 5 and kwargs["start"] == 2
+    assert kwargs["extra_args"] == ["-n", "2"] and kwargs["flaky_only"] is False
+    assert kwargs["command"] == "lab calibrate lora --seeds 5 --start 2 -- -n 2"
