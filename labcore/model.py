@@ -200,13 +200,17 @@ class Attention(nn.Module):
         z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))  # (B, T, H, dh)
         if not self.hook_result._forward_hooks:  # nobody looks at single heads: one matmul
             return self.W_O(z.reshape(B, T, H * dh))  # (B, T, d)
-        # Each head's contribution to the residual stream, W_O applied to that head's slice of z
-        # alone. Calling the W_O *module* (not reading its weight) keeps this right when W_O is
-        # wrapped by LoRA or quantised.
-        per_head = torch.einsum("bqhd,hg->bqhgd", z, torch.eye(H, dtype=z.dtype, device=z.device))
-        result = self.W_O(per_head.reshape(B, T, H, H * dh))  # (B, T, H, d), bias added once per head
-        if self.W_O.bias is not None:
-            result = result - self.W_O.bias
+        # Each head's contribution to the residual stream: z_h @ W_O[:, h-th block]ᵀ.
+        if type(self.W_O) is nn.Linear:
+            W_O = self.W_O.weight.view(self.cfg.d_model, H, dh)  # (d, H, dh)
+            result = torch.einsum("bqhd,mhd->bqhm", z, W_O)  # (B, T, H, d), same FLOPs as W_O(z)
+        else:
+            # W_O is wrapped (LoRA, 4-bit): its weight attribute may not be the function it computes,
+            # so call the module on each head's slice of z alone (H× the cost, only when hooked).
+            per_head = torch.einsum("bqhd,hg->bqhgd", z, torch.eye(H, dtype=z.dtype, device=z.device))
+            result = self.W_O(per_head.reshape(B, T, H, H * dh))  # bias added once per head
+            if getattr(self.W_O, "bias", None) is not None:
+                result = result - self.W_O.bias
         result = self.hook_result(result)
         out = result.sum(dim=2)  # (B, T, d)
         if self.W_O.bias is not None:

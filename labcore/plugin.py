@@ -84,7 +84,7 @@ LAB_MARKERS: dict[str, str] = {
 # --- per-session state ------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False)  # registered as a pluggy plugin, so it must stay hashable (by identity)
 class LabSession:
     """What the plugin remembers for one pytest session (one per process under xdist)."""
 

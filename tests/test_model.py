@@ -162,3 +162,20 @@ def test_per_head_path_gives_the_same_function_as_the_fused_path(bias):
     with model.hooks([("blocks.0.attn.hook_result", lambda x, hook: None)]):
         split = model(tokens)
     torch.testing.assert_close(split, fused, rtol=1e-5, atol=1e-6)
+
+
+def test_per_head_results_follow_a_wrapped_w_o():
+    """A LoRA-wrapped W_O changes hook_result consistently with the fused output."""
+    from labcore.lora import apply_lora
+
+    model = GPT(GPTConfig(vocab_size=10, n_ctx=8, init_std=0.2))
+    apply_lora(model, ["W_O"], r=2, alpha=2)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    tokens = torch.arange(7)[None]
+    fused = model(tokens)
+    _, cache = model.run_with_cache(tokens)
+    torch.testing.assert_close(cache["result", 0].sum(2), cache["attn_out", 0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(model.unembed(cache["resid_post", 1]), fused, rtol=1e-5, atol=1e-5)

@@ -354,3 +354,18 @@ def test_atomic_writes_replace_whole_files(tmp_path: Path) -> None:
     atomic_write_bytes(target, b"second")
     assert target.read_bytes() == b"second"
     assert sorted(p.name for p in target.parent.iterdir()) == ["table.json"]
+
+
+def test_conftests_in_paper_folders_work(pytester: pytest.Pytester, results: Path) -> None:
+    """Paper folders keep their shared fixtures in a conftest.py; pluggy then needs the plugin's
+    session object to be hashable (a regression: a dataclass with eq=True is not)."""
+    write_claim(pytester, "def test_it(lab, shared):\n    lab.record(v=shared)\n")
+    (pytester.path / "claims" / "attention" / "conftest.py").write_text(
+        "import pytest\n\n@pytest.fixture(scope='session')\ndef shared():\n    return 3\n"
+    )
+    (pytester.path / "conftest.py").write_text('pytest_plugins = ("labcore.plugin",)\n')  # as in the repo
+    # A conftest in a sibling paper folder: pytest then calls hooks on a *subset* of plugins.
+    (pytester.path / "claims" / "bayes").mkdir()
+    (pytester.path / "claims" / "bayes" / "conftest.py").write_text("")
+    pytester.runpytest_subprocess("-m", "attention").assert_outcomes(passed=1)
+    assert records_by_test(results)["test_it"]["measured"] == {"v": 3}
