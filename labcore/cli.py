@@ -21,7 +21,7 @@ from labcore.claims import PAPER_ARXIV, PAPERS, Claim, ClaimError, Source, scan_
 from labcore.history import read_history
 from labcore.paths import RESULTS_ENV, ResultsDirError, history_path, repo_root, results_dir
 from labcore.plots import atomic_write_text
-from labcore.report import REPORT_FORMATS, render_log, write_report
+from labcore.report import REPORT_FORMATS, render_durations, render_log, write_report
 
 DESCRIPTION = """\
 LLM Learning Lab: every claim from a paper ("Var(q·k) = d_k", "LoRA rank 1 is enough") is a
@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     shown = log.add_mutually_exclusive_group()
     shown.add_argument("--all", dest="show_all", action="store_true", help="every record, oldest first")
     shown.add_argument("--changes", action="store_true", help="when a claim's verdict changed")
+    shown.add_argument("--durations", action="store_true",
+                       help="wall time per paper and in total, and the slowest tests (latest run of each)")
     log.add_argument("--results", type=Path, metavar="DIR", help=f"results folder (default ${RESULTS_ENV} or results/)")
     log.set_defaults(handler=log_command)
 
@@ -314,6 +316,9 @@ def _use_results(folder: Path | None) -> None:
 def log_command(args: argparse.Namespace) -> int:
     _use_results(args.results)
     path = history_path()
+    if args.durations:
+        print(render_durations(read_history(path), marker=args.marker))
+        return 0
     text = render_log(
         read_history(path), claim=args.claim, marker=args.marker, show_all=args.show_all,
         changes=args.changes, declared=scan_claim_files(repo_root() / "claims"), history_name=path.name,

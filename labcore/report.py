@@ -301,6 +301,34 @@ def render_log(
     return "\n\n".join(blocks)
 
 
+def render_durations(history: HistoryRead, *, marker: str | None = None, slowest: int = 10) -> str:
+    """Wall time of the latest record of every test: per paper, in total, and the slowest tests.
+
+    This is how the quick tier's budget (≤ 90 s per claim test, minutes per paper) is checked:
+    from what the runs measured, never with a timed assertion.
+    """
+    latest: dict[str, Record] = {}
+    for record in history.records:
+        if record_matches(record, marker=marker) and record.get("outcome") != "skipped":
+            latest[str(record.get("test"))] = record  # later records replace earlier ones
+    if not latest:
+        return "No timed records yet: run `lab run` first."
+    per_paper: dict[str, float] = {}
+    for record in latest.values():
+        paper = str(record.get("paper"))
+        per_paper[paper] = per_paper.get(paper, 0.0) + float(record.get("duration_s") or 0.0)
+    rows = [[paper, f"{seconds:.1f}", f"{seconds / 60:.2f}"] for paper, seconds in sorted(per_paper.items())]
+    rows.append(["total", f"{sum(per_paper.values()):.1f}", f"{sum(per_paper.values()) / 60:.2f}"])
+    by_time = sorted(latest.values(), key=lambda r: -float(r.get("duration_s") or 0.0))[:slowest]
+    slow_rows = [[f"{float(r.get('duration_s') or 0):.1f}", r.get("claim"), _short_test(r), short_time(r.get("time"))]
+                 for r in by_time]
+    return "\n\n".join([
+        format_table(["paper", "seconds", "minutes"], rows),
+        f"Slowest {len(slow_rows)} tests (latest run of each; shared fixtures are charged to the first test that uses them):",
+        format_table(["seconds", "claim", "test", "when"], slow_rows),
+    ])
+
+
 # --- lab report ------------------------------------------------------------------------------------
 #
 # The report is built as a list of simple blocks, then rendered to Markdown or HTML, so both

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,19 @@ def test_calibrate_command_passes_arguments_after_double_dash_to_pytest(monkeypa
     assert marker == "lora" and kwargs["seeds"] == 5 and kwargs["start"] == 2
     assert kwargs["extra_args"] == ["-n", "2"] and kwargs["flaky_only"] is False
     assert kwargs["command"] == "lab calibrate lora --seeds 5 --start 2 -- -n 2"
+
+
+def test_log_durations_sums_latest_records_per_paper(isolated_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from labcore.history import append_record
+
+    log = isolated_results / "history.jsonl"
+    for test, paper, seconds in [("a::t1", "attention", 5.0), ("a::t1", "attention", 7.0),
+                                 ("b::t2", "bayes", 30.0), ("b::t3", "bayes", 1.5)]:
+        append_record(log, {"claim": test[0], "paper": paper, "test": test, "outcome": "passed",
+                            "duration_s": seconds, "time": "2026-11-29T00:00:00+00:00"})
+    assert main(["log", "--durations"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"attention\s+7\.0", out)  # the latest record of a test replaces the older one
+    assert re.search(r"bayes\s+31\.5", out) and re.search(r"total\s+38\.5", out)
+    slowest = out.split("Slowest", 1)[1]
+    assert slowest.index("30.0") < slowest.index("7.0") < slowest.index("1.5")  # slowest first
