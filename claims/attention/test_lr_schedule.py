@@ -31,6 +31,7 @@ CLAIM = Claim(
     tolerance="relative difference ≤ 1e-12; argmax = 4000 exactly; peak = 6.988e-4 to 1e-6",
     tolerance_why="Both are closed-form floating-point expressions; only round-off separates them.",
     tier="quick",
+    calibration="fixtures/calibration/aiayn_lr_schedule.json",
 )
 
 
