@@ -1,0 +1,132 @@
+"""Capacity-matched MLPs fail by orders of magnitude — true for the per-position MLP, not for a flattened one.
+
+Lab notebook. The abstract's architectural separation: "capacity-matched MLPs fail by orders of
+magnitude". Two different networks hide behind "MLP" (labcore.baselines):
+
+* the **per-position MLP** (the authors' ``MLPControl``: residual MLP blocks applied to each token
+  on its own, with position embeddings). It cannot see the context, so it converges to the
+  context-free marginal and sits *exactly* at the analytic plateau (0.901 bits at V=10,
+  bayes_mlp_plateau). It fails for a structural reason, within a few dozen steps.
+* a **flattened-context MLP**: position t sees the whole prefix, concatenated into one vector
+  (exactly causal, no attention, no weight sharing across slots). It can represent the posterior.
+
+Both are matched to the shared transformer's 150k parameters (``match_param_count``) and
+trained with its recipe (AdamW 3e-3, warmup + cosine, batch 128) — the per-position MLP for 150
+steps (it is on its plateau after ~30), the flattened MLP for 400 steps (fewer than the
+transformer's 1,000, which can only favour the claim).
+
+What we found (5 seeds): the per-position MLP sits on its plateau (0.9003–0.9005 bits) and is
+32–34× worse than the transformer, as claimed. The flattened MLP, at V=10, *learns the task*:
+0.044–0.057 bits after 400 steps (0.025 after 600 in a side run), within 2× of the transformer. The paper's separation does not hold for that
+baseline at this size; it is recorded as a strict xfail with the numbers. (A community
+replication reports 0.46 bits for a flattened MLP at V=20, so the separation may appear at the
+paper's size — a GPU-tier question; see docs/papers/bayesian-geometry.md.)
+"""
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+
+from labcore.baselines import FlattenedContextMLP, PerPositionMLP, match_param_count, param_count
+from labcore.bayes import evaluate_bijection, mlp_plateau_mae_bits
+from labcore.claims import Claim, Source
+from labcore.tasks.bijection import batch_fn
+from labcore.trainer import TrainConfig, seeded_model, train
+
+CLAIM = Claim(
+    id="bayes_mlp_fails",
+    paper="bayes",
+    statement=(
+        "“… small transformers reproduce Bayesian posteriors with 10⁻³–10⁻⁴ bit accuracy, while "
+        "capacity-matched MLPs fail by orders of magnitude, establishing a clear architectural "
+        "separation.” (abstract)"
+    ),
+    source=Source(title="The Bayesian Geometry of Transformer Attention", arxiv="2512.22471", version="v1",
+                  where="abstract; Table 1 (MLP ≈ 1.85 bits vs transformer 3×10⁻³ at V=20)"),
+    paper_value="MLP ≈ 1.85 bits vs transformer 0.003 bits (~600×), V=20; jlens MLP plateau 1.107 bits",
+    prediction="Per-position MLP (150k params): MAE within ±0.03 of the 0.901-bit plateau and ≥ 10× the "
+               "transformer's. Flattened-context MLP (150k params): expected to learn the task at V=10.",
+    metric="per-sample entropy MAE on the shared 1,024-sequence evaluation batch; ratio MLP / transformer",
+    tolerance="per-position: |MAE − 0.901| ≤ 0.03 and ratio ≥ 10; flattened: ratio ≥ 10 (strict xfail)",
+    tolerance_why=(
+        "±0.03 is the research note's BWT-2 band (calibrated 1.101 vs 1.107 at V=20); 10× is its CPU "
+        "ratio. Measured over seeds 0–4 (min/median/max): per-position MAE 0.9003/0.9004/0.9005 "
+        "(plateau 0.9007), ratio 31.7/33.5/33.7; flattened MAE 0.044/0.048/0.057, ratio 1.6/1.7/2.1 — "
+        "the separation fails for the flattened MLP in every seed (strict xfail)."
+    ),
+    tier="quick",
+)
+
+PLATEAU_BAND, RATIO_MIN = 0.03, 10.0
+PER_POSITION_STEPS, FLATTENED_STEPS = 150, 400
+
+
+def train_baseline(run, build, steps):
+    model = seeded_model(build, run.seed)
+    cfg = TrainConfig(steps=steps, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.01, schedule="warmup_cosine",
+                      warmup_steps=min(200, steps // 5), grad_clip=1.0, seed=run.seed, track_update_ratio=False)
+    result = train(model, batch_fn(run.task, run.batch_size), cfg)
+    with torch.no_grad():
+        report = evaluate_bijection(model(run.eval_batch.tokens), run.eval_batch, run.task)
+    return model, report, result
+
+
+@pytest.fixture(scope="module")
+def baselines(bijection_run):
+    run, task = bijection_run, bijection_run.task
+    target = run.model.num_params()
+    T, vocab = task.seq_len, task.vocab_size
+    d_mlp = match_param_count(lambda m: PerPositionMLP(vocab, 64, 4, m, n_positions=T), target)
+    hidden = match_param_count(lambda h: FlattenedContextMLP(vocab, T, 16, h, 2), target)
+    per_position = train_baseline(run, lambda: PerPositionMLP(vocab, 64, 4, d_mlp, n_positions=T), PER_POSITION_STEPS)
+    flattened = train_baseline(run, lambda: FlattenedContextMLP(vocab, T, 16, hidden, 2), FLATTENED_STEPS)
+    return {"transformer_params": target, "per_position": per_position, "flattened": flattened,
+            "per_position_shape": dict(d_model=64, n_blocks=4, d_mlp=d_mlp),
+            "flattened_shape": dict(d_model=16, hidden=hidden, n_layers=2)}
+
+
+def _plot(lab, run, rows, name):
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    t = np.arange(run.task.L)
+    ax.plot(t, run.report.entropy_bayes_curve, "k-", lw=2, label="Bayes")
+    ax.plot(t, run.report.entropy_model_curve, "C0o--", ms=3, label=f"transformer ({run.report.entropy_mae_bits:.3f})")
+    for i, (label, rep) in enumerate(rows.items()):
+        ax.plot(t, rep.entropy_model_curve, f"C{i + 1}s:", ms=3, label=f"{label} ({rep.entropy_mae_bits:.3f})")
+    ax.set(xlabel="query t", ylabel="entropy (bits)", title="entropy per position (MAE in brackets)")
+    ax.legend(fontsize=7)
+    lab.savefig(fig, name)
+
+
+def test_per_position_mlp_sits_at_plateau(lab, bijection_run, baselines):
+    run = bijection_run
+    model, rep, result = baselines["per_position"]
+    plateau = mlp_plateau_mae_bits(run.task.V, run.task.L)
+    ratio = rep.entropy_mae_bits / run.report.entropy_mae_bits
+    lab.record(mlp_mae=rep.entropy_mae_bits, mlp_kl=rep.kl_bits, mlp_eliminated_mass=rep.eliminated_mass,
+               plateau=plateau, transformer_mae=run.report.entropy_mae_bits, ratio=ratio,
+               mlp_params=param_count(model), transformer_params=baselines["transformer_params"],
+               mlp_shape=baselines["per_position_shape"], steps=PER_POSITION_STEPS, train_seconds=result.seconds)
+    _plot(lab, run, {"per-position MLP": rep}, "per_position_entropy")
+    assert abs(rep.entropy_mae_bits - plateau) <= PLATEAU_BAND, (
+        f"per-position MLP MAE {rep.entropy_mae_bits:.4f} not within {PLATEAU_BAND} of the plateau {plateau:.4f}")
+    assert ratio >= RATIO_MIN, f"MLP/transformer MAE ratio {ratio:.1f} < {RATIO_MIN}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured at V=10 (seeds 0–4): a parameter-matched flattened-context MLP reaches 0.044–0.057 bits in 400 "
+    "steps, 1.6–2.1× the transformer's MAE, not ≥ 10×; hypothesis: at V=10 the prefix is short (17 tokens) "
+    "and the bookkeeping per slot is learnable without weight sharing — the separation may need V=20"))
+def test_flattened_mlp_fails_by_10x(lab, bijection_run, baselines):
+    run = bijection_run
+    model, rep, result = baselines["flattened"]
+    ratio = rep.entropy_mae_bits / run.report.entropy_mae_bits
+    lab.record(flat_mae=rep.entropy_mae_bits, flat_kl=rep.kl_bits, flat_eliminated_mass=rep.eliminated_mass,
+               transformer_mae=run.report.entropy_mae_bits, ratio=ratio, flat_params=param_count(model),
+               transformer_params=baselines["transformer_params"], flat_shape=baselines["flattened_shape"],
+               steps=FLATTENED_STEPS, train_seconds=result.seconds,
+               flat_loss_curve=result.metrics["loss"][::20])
+    _plot(lab, run, {"flattened MLP": rep, "per-position MLP": baselines["per_position"][1]}, "flattened_entropy")
+    assert ratio >= RATIO_MIN, (
+        f"flattened-context MLP MAE {rep.entropy_mae_bits:.4f} is only {ratio:.2f}× the transformer's "
+        f"{run.report.entropy_mae_bits:.4f}")
