@@ -1,0 +1,17 @@
+"""Session fixtures shared by the small-model fine-tuning claims (LoRA, QLoRA, forgetting).
+
+``finetune_lab`` is the pretrained glass-box base for this run's seed (``--lab-seed``) with its
+language and memoised fine-tuning runs (``labcore.finetune.FinetuneLab``). The base is trained
+once per seed and cached on disk (``labcore.checkpoint.cached``); ``shared_lab`` is one object
+per process, so claims/lora, claims/qlora and claims/forgetting reuse the same base *and* the
+same runs (the rank sweep's "LoRA q,v r=8" is also the forgetting claim's LoRA run).
+"""
+
+import pytest
+
+from labcore.finetune import FinetuneLab, shared_lab
+
+
+@pytest.fixture(scope="session")
+def finetune_lab(lab_seed: int) -> FinetuneLab:
+    return shared_lab(lab_seed)

@@ -1,0 +1,171 @@
+"""Post-training 4-bit quantisation of a small pretrained model: does NF4 hurt the loss least?
+
+Lab notebook. QLoRA Table 2 quantises OPT, BLOOM, LLaMA and Pythia (125M–13B) after training,
+without any fine-tuning, and reports mean Pile Common Crawl perplexity: Int4 34.34, FP4 (E2M1)
+31.07, FP4 (E3M0) 29.48, NF4 + DQ 27.41 — NF4 best, Int4 worst.
+
+Here: the small pretrained base of labcore.finetune (2 layers, d_model 64, 98k linear weights,
+trained 800 steps on the two-domain Markov language). Every linear weight is fake-quantised
+(quantise → dequantise, block 64, double quantisation; the tied embedding stays fp32) with NF4,
+FP4 (bitsandbytes' E2M1 map) and Int4; the metric is the increase ΔCE of the expected
+cross-entropy on 1,024 held-out pretraining sequences (512 per domain).
+
+What we found: the paper's ordering does **not** hold here — Int4 is often best — and the
+reason is instructive. The damage is tiny (ΔCE ≈ 2–13 × 10⁻⁴ nats, a few % of the model's excess
+loss) and splits into a first-order part g·δ (g the gradient of the eval loss at the base, δ the
+rounding error) whose sign is random and whose size (up to 5 × 10⁻⁴) is as large as the effect,
+and a second-order remainder ΔCE − g·δ ≈ ½δᵀHδ that tracks the weight error. The remainder
+*does* order the types as NF4 < Int4 < FP4 in every seed (seeds 0–4: 4.2–4.5 < 5.1–6.8 <
+7.5–9.3 × 10⁻⁴), matching the weights' RMSE (0.093 < 0.108 < 0.123 of their std). Our
+hypothesis for the difference from the paper: a large LLM evaluated on a broad corpus sits much
+closer to a stationary point of its loss, so the curvature term dominates there. (The paper's
+FP4 < Int4 also does not hold for bitsandbytes' E2M1 map here, in any of the three measures.)
+"""
+
+import copy
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labcore import quant as Q
+from labcore.claims import Claim, Source
+from labcore.finetune import expected_loss
+
+KINDS = ("nf4", "fp4", "int4")
+
+CLAIM = Claim(
+    id="qlora_ptq_ordering_small",
+    paper="qlora",
+    statement=(
+        "“We see that NF4 improves performance significantly over FP4 and Int4 and that double "
+        "quantization reduces the memory footprint without degrading performance.”"
+    ),
+    source=Source(
+        title="QLoRA: Efficient Finetuning of Quantized LLMs", arxiv="2305.14314", version="v1",
+        where="§4 “4-bit NormalFloat yields better performance than 4-bit Floating Point”, Table 2",
+    ),
+    paper_value="mean perplexity: Int4 34.34, FP4 E2M1 31.07, FP4 E3M0 29.48, NF4+DQ 27.41",
+    prediction=(
+        "ΔCE(NF4) ≤ ΔCE(FP4) ≤ ΔCE(Int4) after post-training fake quantisation; DQ changes ΔCE by "
+        "< 0.5 % of the loss. (Measured: the ΔCE ordering fails in 5/5 seeds; the curvature part holds.)"
+    ),
+    metric=(
+        "ΔCE = expected CE of the quantised base − fp32 base on 2 × 512 held-out pretraining "
+        "sequences; its split into g·δ and the remainder ΔCE − g·δ"
+    ),
+    tolerance=(
+        "paper ordering on ΔCE (strict xfail); remainder(NF4) < remainder(FP4), remainder(Int4); "
+        "|ΔCE(NF4+DQ) − ΔCE(NF4)| ≤ 0.5 % of CE, control: ΔCE(NF4) ≥ 5 × that DQ difference"
+    ),
+    tolerance_why=(
+        "Measured (seeds 0–4), ×1e-4 nats: remainder NF4 4.2–4.5 vs Int4 5.1–6.8 vs FP4 7.5–9.3 — NF4 "
+        "lowest in 5/5 (NF4 / best other 0.66–0.88); weight RMSE/σ NF4 0.0923–0.0928, Int4 "
+        "0.108–0.109, FP4 0.123–0.124. DQ changes ΔCE by 0.013–0.32 × 1e-4 (≤ 1.7e-5 of the loss, "
+        "far inside 0.5 %), 16–290× smaller than the NF4 effect itself. The ΔCE ordering holds in "
+        "0/5 seeds (xfail reason)."
+    ),
+    tier="quick",
+)
+
+
+def _eval_sets(finetune_lab):
+    return [finetune_lab.eval_set(t, 512) for t in ("A", "B0")]
+
+
+def _loss(model, sets):
+    return sum(expected_loss(model, b) for b in sets) / len(sets)
+
+
+def _gradient(base, sets):
+    model = copy.deepcopy(base)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    loss = 0.0
+    for b in sets:
+        logq = F.log_softmax(model(b.tokens), dim=-1)
+        loss = loss - (b.probs * logq).sum(-1).mean() / len(sets)
+    loss.backward()
+    return {n: m.weight.grad.detach() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+@pytest.fixture(scope="module")
+def ptq(finetune_lab):
+    base = finetune_lab.base
+    sets = _eval_sets(finetune_lab)
+    ce = _loss(base, sets)
+    grads = _gradient(base, sets)
+    weights = {n: base.get_submodule(n).weight.detach() for n in grads}
+    flat = torch.cat([w.flatten() for w in weights.values()])
+    out = {"ce": ce, "delta": {}, "first_order": {}, "remainder": {}, "weight_rmse_rel": {}}
+    for kind in KINDS:
+        for dq in (True, False):
+            model = copy.deepcopy(base)
+            Q.fake_quantize_model(model, kind, double_quant=dq)
+            key = kind + ("+dq" if dq else "")
+            out["delta"][key] = _loss(model, sets) - ce
+            if dq:
+                err = {n: model.get_submodule(n).weight.detach() - w for n, w in weights.items()}
+                first = sum(float((grads[n] * e).sum()) for n, e in err.items())
+                out["first_order"][kind] = first
+                out["remainder"][kind] = out["delta"][key] - first
+                sq = sum(float(e.pow(2).sum()) for e in err.values())
+                out["weight_rmse_rel"][kind] = (sq / flat.numel()) ** 0.5 / float(flat.std())
+    return out
+
+
+def _plot(lab, ptq):
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    x = np.arange(len(KINDS))
+    ax.bar(x - 0.27, [1e4 * ptq["delta"][k + "+dq"] for k in KINDS], 0.27, label="ΔCE (measured)")
+    ax.bar(x, [1e4 * ptq["first_order"][k] for k in KINDS], 0.27, label="first order g·δ")
+    ax.bar(x + 0.27, [1e4 * ptq["remainder"][k] for k in KINDS], 0.27, label="remainder ≈ ½δᵀHδ")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(x, [k.upper() + "+DQ" for k in KINDS])
+    ax.set(ylabel="10⁻⁴ nats", title="post-training 4-bit quantisation of the small base")
+    ax.legend(fontsize=7)
+    lab.savefig(fig, "ptq_delta_ce")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "measured (seeds 0–4): ΔCE ×1e-4 NF4/FP4/Int4 = 6.9/8.3/6.6, 4.9/4.7/2.7, 4.3/3.9/5.7, "
+        "3.7/4.2/1.6, 6.7/12.6/5.8 — NF4 ≤ FP4 ≤ Int4 never holds and NF4 is never best. "
+        "Hypothesis: at this scale the random-sign first-order term g·δ (|g·δ| up to 5e-4) is as large "
+        "as the effect; see test_curvature_part_orders_nf4_first"
+    ),
+)
+def test_table2_ordering_of_loss_increase(lab, ptq):
+    d = {k: ptq["delta"][k + "+dq"] for k in KINDS}
+    lab.record(ce_fp32=ptq["ce"], delta_ce=ptq["delta"], first_order=ptq["first_order"], remainder=ptq["remainder"],
+               weight_rmse_rel=ptq["weight_rmse_rel"])
+    _plot(lab, ptq)
+    assert d["nf4"] <= d["fp4"] <= d["int4"], f"ΔCE NF4 {d['nf4']:.2e}, FP4 {d['fp4']:.2e}, Int4 {d['int4']:.2e}"
+
+
+def test_curvature_part_orders_nf4_first(lab, ptq):
+    """ΔCE − g·δ (the part that does not average out over rounding patterns) is smallest for NF4."""
+    rem = ptq["remainder"]
+    lab.record(remainder=rem, first_order=ptq["first_order"], weight_rmse_rel=ptq["weight_rmse_rel"],
+               nf4_over_best_other=rem["nf4"] / min(rem["fp4"], rem["int4"]))
+    _plot(lab, ptq)
+    assert rem["nf4"] < min(rem["fp4"], rem["int4"]), f"remainders {rem}"
+    assert ptq["weight_rmse_rel"]["nf4"] < min(ptq["weight_rmse_rel"]["fp4"], ptq["weight_rmse_rel"]["int4"])
+
+
+def test_double_quantisation_costs_nothing(lab, ptq):
+    dq_effect = abs(ptq["delta"]["nf4+dq"] - ptq["delta"]["nf4"])
+    lab.record(dq_effect=dq_effect, dq_effect_rel=dq_effect / ptq["ce"], delta_nf4=ptq["delta"]["nf4"])
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    keys = ["nf4", "nf4+dq", "fp4", "fp4+dq", "int4", "int4+dq"]
+    ax.bar(keys, [1e4 * ptq["delta"][k] for k in keys], color=["C0", "C0", "C1", "C1", "C2", "C2"])
+    ax.set(ylabel="ΔCE (10⁻⁴ nats)", title="with and without double quantisation")
+    ax.tick_params(axis="x", labelsize=7)
+    lab.savefig(fig, "dq_vs_no_dq")
+    assert dq_effect <= 0.005 * ptq["ce"], f"DQ changes ΔCE by {dq_effect:.3g}"
+    assert ptq["delta"]["nf4"] >= 5 * dq_effect, (
+        f"control: the NF4 quantisation effect {ptq['delta']['nf4']:.2e} should dwarf the DQ effect {dq_effect:.2e}"
+    )
