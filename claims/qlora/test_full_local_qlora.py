@@ -22,8 +22,6 @@ Not yet run on a GPU: no measured numbers here yet.
 import math
 import time
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pytest
 
 from labcore.claims import Claim, Source
@@ -73,7 +71,7 @@ def test_qlora_7b_memory_and_loss(lab, checkpoint):
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from labcore.corpus import causal_lm_loss, load_text, random_windows
+    from labcore.gpu_finetune import measure_lora_finetune, plot_loss
 
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -86,43 +84,15 @@ def test_qlora_7b_memory_and_loss(lab, checkpoint):
         ),
     )
     load_seconds = time.perf_counter() - start
-    n_params = sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())  # Params4bit packs 2 per byte
     peak_after_load = torch.cuda.max_memory_allocated()
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.05,
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
-    ids = torch.tensor(tokenizer(load_text("code") + "\n\n" + load_text("prose"), add_special_tokens=False)["input_ids"])
-    generator = torch.Generator().manual_seed(lab.seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
-    losses, step_seconds = [], []
-    model.train()
-    for _ in range(STEPS):
-        batch = random_windows(ids, SEQ, BATCH, generator).to("cuda")
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        loss = causal_lm_loss(model, (batch, batch))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        torch.cuda.synchronize()
-        step_seconds.append(time.perf_counter() - t)
-        losses.append(float(loss))
-    peak = torch.cuda.max_memory_allocated()
-    bf16_bytes = 2 * n_params
-    tokens_per_s = BATCH * SEQ * (STEPS - 5) / sum(step_seconds[5:])  # first steps warm up kernels
-    first, last = float(np.mean(losses[:5])), float(np.mean(losses[-5:]))
-    lab.record(
-        checkpoint=str(checkpoint), n_params=n_params, bf16_weight_GB=bf16_bytes / 1e9,
-        peak_after_load_GB=peak_after_load / 1e9, peak_training_GB=peak / 1e9, peak_over_bf16=peak / bf16_bytes,
-        tokens_per_s=tokens_per_s, load_seconds=load_seconds, loss_first5=first, loss_last5=last,
-        losses=losses, gpu=torch.cuda.get_device_name(0),
-    )
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.plot(np.arange(1, STEPS + 1), losses)
-    ax.set(xlabel="step", ylabel="loss (nats/token)",
-           title=f"QLoRA {checkpoint.name}: peak {peak / 1e9:.1f} GB, {tokens_per_s:.0f} tok/s")
-    fig.tight_layout()
-    lab.savefig(fig, "qlora_local_loss")
+    run = measure_lora_finetune(model, tokenizer, steps=STEPS, batch=BATCH, seq=SEQ, lr=LR, seed=lab.seed)
+    lab.record(checkpoint=str(checkpoint), peak_after_load_GB=peak_after_load / 1e9, load_seconds=load_seconds,
+               gpu=torch.cuda.get_device_name(0), **run.as_record())
+    lab.savefig(plot_loss(run, f"QLoRA {checkpoint.name}"), "qlora_local_loss")
+    first, last, peak, bf16_bytes = run.loss_first, run.loss_last, run.peak_bytes, run.bf16_bytes
     assert math.isfinite(last)
     assert peak <= 0.6 * bf16_bytes, f"peak {peak / 1e9:.2f} GB is not ≤ 0.6 × bf16 weights {bf16_bytes / 1e9:.2f} GB"
     assert last <= first - 0.1, f"loss went {first:.3f} → {last:.3f} over {STEPS} steps"
