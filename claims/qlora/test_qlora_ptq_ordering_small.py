@@ -50,22 +50,22 @@ CLAIM = Claim(
     paper_value="mean perplexity: Int4 34.34, FP4 E2M1 31.07, FP4 E3M0 29.48, NF4+DQ 27.41",
     prediction=(
         "ΔCE(NF4) ≤ ΔCE(FP4) ≤ ΔCE(Int4) after post-training fake quantisation; DQ changes ΔCE by "
-        "< 0.5 % of the loss. (Measured: the ΔCE ordering fails in 5/5 seeds; the curvature part holds.)"
+        "< 0.5 % of the loss. (Measured: the raw ΔCE ordering is noise — 0/5 seeds, then seed 5 in order; the curvature part holds 5/5.)"
     ),
     metric=(
         "ΔCE = expected CE of the quantised base − fp32 base on 2 × 512 held-out pretraining "
         "sequences; its split into g·δ and the remainder ΔCE − g·δ"
     ),
     tolerance=(
-        "paper ordering on ΔCE (strict xfail); remainder(NF4) < remainder(FP4), remainder(Int4); "
+        "paper ordering on ΔCE recorded (noise-dominated, see below); remainder(NF4) < remainder(FP4), remainder(Int4); "
         "|ΔCE(NF4+DQ) − ΔCE(NF4)| ≤ 0.5 % of CE, control: ΔCE(NF4) ≥ 5 × that DQ difference"
     ),
     tolerance_why=(
         "Measured (seeds 0–4), ×1e-4 nats: remainder NF4 4.2–4.5 vs Int4 5.1–6.8 vs FP4 7.5–9.3 — NF4 "
         "lowest in 5/5 (NF4 / best other 0.66–0.88); weight RMSE/σ NF4 0.0923–0.0928, Int4 "
         "0.108–0.109, FP4 0.123–0.124. DQ changes ΔCE by 0.013–0.32 × 1e-4 (≤ 1.7e-5 of the loss, "
-        "far inside 0.5 %), 16–290× smaller than the NF4 effect itself. The ΔCE ordering holds in "
-        "0/5 seeds (xfail reason)."
+        "far inside 0.5 %), 16–290× smaller than the NF4 effect itself. The raw ΔCE ordering held in "
+        "0/5 seeds, then in seed 5 of a fresh-seed flakiness run: a coin flip, so it is recorded, not asserted."
     ),
     tier="quick",
 )
@@ -129,21 +129,19 @@ def _plot(lab, ptq):
     lab.savefig(fig, "ptq_delta_ce")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "measured (seeds 0–4): ΔCE ×1e-4 NF4/FP4/Int4 = 6.9/8.3/6.6, 4.9/4.7/2.7, 4.3/3.9/5.7, "
-        "3.7/4.2/1.6, 6.7/12.6/5.8 — NF4 ≤ FP4 ≤ Int4 never holds and NF4 is never best. "
-        "Hypothesis: at this scale the random-sign first-order term g·δ (|g·δ| up to 5e-4) is as large "
-        "as the effect; see test_curvature_part_orders_nf4_first"
-    ),
-)
-def test_table2_ordering_of_loss_increase(lab, ptq):
+# The paper's ordering on the raw loss increase is recorded, not asserted: over seeds 0–4 ΔCE
+# (×1e-4 nats, NF4/FP4/Int4) was 6.9/8.3/6.6, 4.9/4.7/2.7, 4.3/3.9/5.7, 3.7/4.2/1.6, 6.7/12.6/5.8
+# (never in the paper's order), and on seed 5 it came out 2.5/4.7/10.3 (in order). The sign of the
+# first-order term g·δ (|g·δ| up to 5e-4) is a coin flip per rounding pattern and as large as the
+# effect, so neither a pass nor a strict xfail is right for every seed; the curvature part below
+# is what the data type decides.
+def test_table2_ordering_on_raw_loss_is_recorded(lab, ptq):
     d = {k: ptq["delta"][k + "+dq"] for k in KINDS}
     lab.record(ce_fp32=ptq["ce"], delta_ce=ptq["delta"], first_order=ptq["first_order"], remainder=ptq["remainder"],
-               weight_rmse_rel=ptq["weight_rmse_rel"])
+               weight_rmse_rel=ptq["weight_rmse_rel"], paper_order_on_raw_delta=bool(d["nf4"] <= d["fp4"] <= d["int4"]))
     _plot(lab, ptq)
-    assert d["nf4"] <= d["fp4"] <= d["int4"], f"ΔCE NF4 {d['nf4']:.2e}, FP4 {d['fp4']:.2e}, Int4 {d['int4']:.2e}"
+    # What must hold whatever the sign noise: quantising loses something for every data type.
+    assert min(d.values()) > 0, f"a 4-bit base scored better than fp32: ΔCE {d}"
 
 
 def test_curvature_part_orders_nf4_first(lab, ptq):
