@@ -60,6 +60,7 @@ CLAIM = Claim(
         "0.714–0.723. The s.e. of the mean balanced accuracy on ~920 held-out rows is ≈ 0.005."
     ),
     tier="quick",
+    calibration="fixtures/calibration/bayes_belief_state.json",
 )
 
 BEST_MIN, SHUFFLED_MAX, EMBED_SLACK = 0.97, 0.55, 0.03

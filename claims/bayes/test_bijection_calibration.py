@@ -46,6 +46,7 @@ CLAIM = Claim(
         "(papers.md §7), which is the GPU claim bayes_full_bijection."
     ),
     tier="quick",
+    calibration="fixtures/calibration/bayes_calibration.json",
 )
 
 MAE_MAX, KL_MAX, EM_MAX, INIT_MIN = 0.05, 0.015, 0.01, 0.5

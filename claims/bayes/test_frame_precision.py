@@ -58,6 +58,7 @@ CLAIM = Claim(
         "to 0.7 after seeing that seed (stated here): the frame still has to gain ≥ 0.2 in r."
     ),
     tier="quick",
+    calibration="fixtures/calibration/bayes_frame_precision.json",
 )
 
 CORR_MIN, RATIO_MIN, INIT_MAX = 0.9, 3.0, 0.7

@@ -53,6 +53,7 @@ CLAIM = Claim(
         "control (random ≥ 0.12) is the hard check: measured head-means 0.195–0.261."
     ),
     tier="quick",
+    calibration="fixtures/calibration/bayes_key_orthogonality.json",
 )
 
 RATIO_MAX, RANDOM_MIN, N_INITS = 0.8, 0.12, 20

@@ -54,6 +54,7 @@ CLAIM = Claim(
         "BWT-4) on a majority of blocks: the 2nd-largest ratio is 11.9–14.0 over the seeds."
     ),
     tier="quick",
+    calibration="fixtures/calibration/bayes_layer_ablation.json",
 )
 
 PAPER_RATIO, FALLBACK_RATIO = 10.0, 5.0

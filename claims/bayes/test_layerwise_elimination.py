@@ -55,6 +55,7 @@ CLAIM = Claim(
         "check was tightened from 'last half' to every step, and it holds in 5/5 seeds."
     ),
     tier="quick",
+    calibration="fixtures/calibration/bayes_layerwise_elimination.json",
 )
 
 SLACK = 0.05

@@ -56,6 +56,7 @@ CLAIM = Claim(
         "the separation fails for the flattened MLP in every seed (strict xfail)."
     ),
     tier="quick",
+    calibration="fixtures/calibration/bayes_mlp_fails.json",
 )
 
 PLATEAU_BAND, RATIO_MIN = 0.03, 10.0

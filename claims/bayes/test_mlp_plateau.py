@@ -46,6 +46,7 @@ CLAIM = Claim(
                   "a uniform predictor is deterministic: only float64 rounding (≈1e-15) remains. "
                   "5e-4 is the rounding of the published 1.107.",
     tier="quick",
+    calibration="fixtures/calibration/bayes_mlp_plateau.json",
 )
 
 

@@ -43,6 +43,7 @@ CLAIM = Claim(
     tolerance_why="Both sides are ratios of integers ≤ 120 computed in float64 (rel. eps 1e-16); "
                   "measured error 0.0 — any real bug gives errors ≥ 1/120.",
     tier="quick",
+    calibration="fixtures/calibration/bayes_oracle_posterior.json",
 )
 
 V = 5

@@ -61,6 +61,7 @@ CLAIM = Claim(
         "test was added after seed 0, as the denoised form of the authors' one-sequence trajectory."
     ),
     tier="quick",
+    calibration="fixtures/calibration/bayes_value_manifold.json",
 )
 
 R2_MIN, RHO_MIN, PC1_MIN, SHUFFLED_MAX = 0.9, 0.8, 0.8, 0.05

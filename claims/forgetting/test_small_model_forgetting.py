@@ -75,6 +75,7 @@ CLAIM = Claim(
         "−0.30/−0.22/−0.17 and QLoRA −0.31/−0.23/−0.19 (forget more in every seed)."
     ),
     tier="quick",
+    calibration="fixtures/calibration/forgetting_small_model.json",
 )
 
 

@@ -59,6 +59,7 @@ CLAIM = Claim(
         "the runs, not eval noise."
     ),
     tier="quick",
+    calibration="fixtures/calibration/lora_alpha_over_r.json",
 )
 
 

@@ -49,6 +49,7 @@ CLAIM = Claim(
         "20–32 % of q,v r=4's gain."
     ),
     tier="quick",
+    calibration="fixtures/calibration/lora_budget_spread.json",
 )
 
 CONFIGS = {"q,v r=4": (("q", "v"), 4), "q r=8": (("q",), 8), "k r=8": (("k",), 8)}

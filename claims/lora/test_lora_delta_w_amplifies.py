@@ -70,6 +70,7 @@ CLAIM = Claim(
         "layers; per-layer factors are recorded. Geometric means r=4 vs r=64: seed 3 23.2 vs 17.1, seed 4 12.0 vs 11.5 — narrow: at this width the r=4/r=64 difference is far smaller than the paper's 21.5 vs 1.9."
     ),
     tier="quick",
+    calibration="fixtures/calibration/lora_delta_w_amplifies.json",
 )
 
 

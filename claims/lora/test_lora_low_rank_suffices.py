@@ -70,6 +70,7 @@ CLAIM = Claim(
         "0.71/0.82/0.86 nats vs near gap 0.060/0.074/0.089."
     ),
     tier="quick",
+    calibration="fixtures/calibration/lora_low_rank_suffices.json",
 )
 
 

@@ -62,6 +62,7 @@ CLAIM = Claim(
         "sit ≥ 17× above. Counts and FLOPs are integers: exact."
     ),
     tier="quick",
+    calibration="fixtures/calibration/lora_merge.json",
 )
 
 

@@ -40,6 +40,7 @@ CLAIM = Claim(
     tolerance="exact equality",
     tolerance_why="Counting is arithmetic: any difference is a bug (a missed or extra module, a bias).",
     tier="quick",
+    calibration="fixtures/calibration/lora_param_count.json",
 )
 
 GPT3 = {"n_layers": 96, "d_model": 12288}

@@ -47,6 +47,7 @@ CLAIM = Claim(
         "the time per (i, j)."
     ),
     tier="quick",
+    calibration="fixtures/calibration/lora_phi_properties.json",
 )
 
 D = 64

@@ -56,6 +56,7 @@ CLAIM = Claim(
         "matrix 0.07–0.89 (W_V 0.54–0.89 in every seed, W_Q 0.07–0.84); init φ(1,1) ≤ 0.13."
     ),
     tier="quick",
+    calibration="fixtures/calibration/lora_top_direction_shared.json",
 )
 
 

@@ -51,6 +51,7 @@ CLAIM = Claim(
         "‖∂L/∂B‖ ≥ 0.0024, one-step Δlogit ≥ 0.098, ‖∂L/∂A‖ ≥ 0.019)."
     ),
     tier="quick",
+    calibration="fixtures/calibration/lora_zero_init.json",
 )
 
 STEPS_SHOWN = 5

@@ -46,6 +46,7 @@ CLAIM = Claim(
         "84–89 % of it (the 50 % bound is the research note's QL-4 criterion)."
     ),
     tier="quick",
+    calibration="fixtures/calibration/qlora_all_linear.json",
 )
 
 

@@ -44,6 +44,7 @@ CLAIM = Claim(
         "standard errors from failing by chance and < ⅓ of the observed gap."
     ),
     tier="quick",
+    calibration="fixtures/calibration/qlora_gaussian_error.json",
 )
 
 KINDS = ("nf4", "fp4", "int4")

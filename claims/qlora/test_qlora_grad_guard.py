@@ -67,6 +67,7 @@ CLAIM = Claim(
         "error after an eval forward is 0.70–1.0 (seeds 0–4), far above 0.1."
     ),
     tier="quick",
+    calibration="fixtures/calibration/qlora_grad_guard.json",
 )
 
 TARGETS = {"q,v": ["W_Q", "W_V"], "all linear": ["W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"]}

@@ -54,6 +54,7 @@ CLAIM = Claim(
         "the tolerance; the gain over the base (0.42–0.44) is 13× the tolerance."
     ),
     tier="quick",
+    calibration="fixtures/calibration/qlora_matches_lora_small.json",
 )
 
 RECIPES = {

@@ -51,6 +51,7 @@ CLAIM = Claim(
         "precision; bitsandbytes' table is computed the same way in float32, so it is equal exactly."
     ),
     tier="quick",
+    calibration="fixtures/calibration/qlora_nf4_codebook.json",
 )
 
 

@@ -68,6 +68,7 @@ CLAIM = Claim(
         "0/5 seeds, then in seed 5 of a fresh-seed flakiness run: a coin flip, so it is recorded, not asserted."
     ),
     tier="quick",
+    calibration="fixtures/calibration/qlora_ptq_ordering_small.json",
 )
 
 

@@ -51,6 +51,7 @@ CLAIM = Claim(
         "1e-6 covers the float32 rounding of w/absmax."
     ),
     tier="quick",
+    calibration="fixtures/calibration/qlora_roundtrip.json",
 )
 
 
