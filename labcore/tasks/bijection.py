@@ -203,8 +203,13 @@ def batch_fn(task: BijectionTask, batch_size: int) -> Callable[[int, torch.Gener
 
     The step is ignored: every step draws fresh bijections from the trainer's generator.
     """
-    if not isinstance(task, BijectionTask):
-        raise ValueError(f"task must be a BijectionTask, got {type(task).__name__}")
+    return token_batches(task, BijectionTask, batch_size)
+
+
+def token_batches(task, task_type: type, batch_size: int) -> Callable[[int, torch.Generator], tuple]:
+    """(step, generator) -> (tokens, targets) from any task whose batches carry those two fields."""
+    if not isinstance(task, task_type):
+        raise ValueError(f"task must be a {task_type.__name__}, got {type(task).__name__}")
     _require_int("batch_size", batch_size, 1)
 
     def fn(step: int, generator: torch.Generator):

@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from labcore.tasks.bijection import IGNORE_INDEX, _require_generator, _require_int, _TensorBatch
+from labcore.tasks.bijection import IGNORE_INDEX, _require_generator, _require_int, _TensorBatch, token_batches
 
 
 @dataclass
@@ -126,12 +126,4 @@ def recall_accuracy(logits: torch.Tensor, batch: RecallBatch) -> float:
 
 def batch_fn(task: RecallTask, batch_size: int) -> Callable[[int, torch.Generator], tuple]:
     """Adapter for ``labcore.trainer.train``: (step, generator) -> (tokens, targets)."""
-    if not isinstance(task, RecallTask):
-        raise ValueError(f"task must be a RecallTask, got {type(task).__name__}")
-    _require_int("batch_size", batch_size, 1)
-
-    def fn(step: int, generator: torch.Generator):
-        b = task.sample(batch_size, generator)
-        return b.tokens, b.targets
-
-    return fn
+    return token_batches(task, RecallTask, batch_size)
