@@ -20,7 +20,6 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -132,8 +131,3 @@ def cached(
     model = train_fn()
     save_model(model, path, extra={"seed": str(seed), "recipe": json.dumps(recipe, default=str)})
     return model, False
-
-
-def safe_torch_load(path: str | os.PathLike):
-    """The only torch.load in labcore: weights_only=True, so no pickled code can run."""
-    return torch.load(path, weights_only=True, map_location="cpu")

@@ -74,13 +74,3 @@ def rebuild_savable(model):
     fresh = AutoModelForCausalLM.from_config(model.config)
     fresh.load_state_dict(model.state_dict())
     return fresh.eval()
-
-
-def perplexity(model, tokenizer, text: str, max_length: int = 512) -> float:
-    """exp(mean next-token cross-entropy) of `text` under a causal LM."""
-    import torch
-
-    ids = tokenizer(text, return_tensors="pt").input_ids[:, :max_length]
-    with torch.no_grad():
-        loss = model(input_ids=ids, labels=ids).loss
-    return float(torch.exp(loss))
