@@ -1,7 +1,15 @@
 """labcore: the library behind the LLM Learning Lab's claims.
 
-A glass-box transformer with named hook points, a trainer that keeps per-step metrics, data
-generators with exact answers, probes, LoRA/quantisation tools, and the claim/history framework.
+Two halves, one direction (docs/architecture.md):
+
+    science    glassbox/    the transformer you can see into, and hook names on transformers models
+               training/    trainer, the one model cache, the shared trained models
+               tasks/       data sources whose exact answer is known
+               measures/    what claims measure: attention maths, posteriors, probes, subspaces
+               finetuning/  LoRA, quantisation, fine-tuning recipes
+               pretrained/  SmolLM2 and local checkpoints, the text corpus, GPU/unsloth runs
+    notebook   notebook/    claims, history, report, calibrate, the pytest plugin, the CLI
+    shared     files.py     where results go and how files are written (no torch)
 
 `from labcore import GPT, GPTConfig` works as usual; the names are resolved lazily so that the
 pytest plugin and the `lab` command start without importing torch.
@@ -13,18 +21,18 @@ import importlib
 from typing import TYPE_CHECKING
 
 _LAZY = {
-    "GPT": "labcore.model",
-    "GPTConfig": "labcore.model",
-    "ConfigError": "labcore.model",
-    "HookPoint": "labcore.hooks",
-    "ActivationCache": "labcore.hooks",
+    "GPT": "labcore.glassbox.model",
+    "GPTConfig": "labcore.glassbox.model",
+    "ConfigError": "labcore.glassbox.model",
+    "HookPoint": "labcore.glassbox.hooks",
+    "ActivationCache": "labcore.glassbox.hooks",
 }
 
 __all__ = list(_LAZY)
 
 if TYPE_CHECKING:
-    from labcore.hooks import ActivationCache, HookPoint
-    from labcore.model import GPT, ConfigError, GPTConfig
+    from labcore.glassbox.hooks import ActivationCache, HookPoint
+    from labcore.glassbox.model import GPT, ConfigError, GPTConfig
 
 
 def __getattr__(name: str):

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labcore import bayes
-from labcore.baselines import (
+from labcore.measures import posterior as bayes
+from labcore.glassbox.baselines import (
     FlattenedContextMLP,
     PerPositionMLP,
     match_param_count,

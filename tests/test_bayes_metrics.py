@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labcore import bayes
+from labcore.measures import posterior as bayes
 from labcore.tasks.bijection import BijectionTask
 from labcore.tasks.hmm import HMMTask
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from labcore import GPT, GPTConfig
-from labcore.checkpoint import CheckpointError, cached, load_model, save_model
-from labcore.hf import HookedHF, llama_from_glassbox
+from labcore.training.cache import cached
+from labcore.training.checkpoint import CheckpointError, load_model, save_model
+from labcore.glassbox.hf import HookedHF, llama_from_glassbox
 
 LLAMA_STYLE = GPTConfig(
     vocab_size=50, n_ctx=32, d_model=64, n_layers=2, n_heads=4, positional="rope",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from labcore.claims import (
+from labcore.notebook.claims import (
     PAPERS,
     TAGS,
     TIERS,
@@ -41,7 +41,7 @@ def make_claim(**overrides: Any) -> Claim:
 
 
 def test_papers_tiers_and_tags_are_the_documented_ones() -> None:
-    assert set(PAPERS) == {"attention", "bayes", "lora", "qlora", "forgetting"}
+    assert {"attention", "bayes", "lora", "qlora", "forgetting"} <= set(PAPERS)  # + any claims/<paper>/
     assert TIERS == ("quick", "full")
     assert TAGS == ("gpu", "real_model")
 
@@ -171,3 +171,46 @@ def test_scan_reads_claim_ids_without_importing(tmp_path: Path) -> None:
     found = scan_claim_files(claims)
     assert [(c.id, c.paper, c.path.name) for c in found] == [("lora_rank_one", "lora", "test_rank.py")]
     assert scan_claim_files(tmp_path / "missing") == []
+
+
+# --- the paper registry (claims/<paper>/ folders and paper.toml) --------------------------------
+
+
+def test_builtin_papers_keep_their_titles_and_order() -> None:
+    from labcore.notebook.claims import PAPER_ARXIV
+
+    assert list(PAPERS)[:5] == ["attention", "bayes", "lora", "qlora", "forgetting"]
+    assert PAPERS["attention"] == "Attention Is All You Need"
+    assert PAPER_ARXIV["bayes"] == ("2512.22471", "2512.22473")
+
+
+def test_a_folder_under_claims_is_a_paper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labcore.notebook.papers import known_papers, project_root
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "claims" / "grokking").mkdir(parents=True)
+    (tmp_path / "claims" / "__pycache__").mkdir()
+    (tmp_path / "claims" / "registered").mkdir()
+    (tmp_path / "claims" / "registered" / "paper.toml").write_text('title = "Reg"\narxiv = ["2201.02177"]\n')
+    monkeypatch.chdir(tmp_path / "claims" / "grokking")
+    assert project_root() == tmp_path
+    papers = known_papers()
+    assert papers["grokking"].title == "grokking" and papers["grokking"].arxiv == ()
+    assert papers["registered"].arxiv == ("2201.02177",) and "__pycache__" not in papers
+    any_id = Source(title="Grokking", arxiv="2201.02177", version="v1", where="§1")
+    assert make_claim(paper="grokking", source=any_id).paper == "grokking"  # no ids listed: any
+    with pytest.raises(ClaimError, match="is not the paper 'registered'"):
+        make_claim(paper="registered")
+    with pytest.raises(ClaimError, match="id is already a marker"):
+        make_claim(id="grokking")
+
+
+def test_a_broken_paper_toml_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labcore.notebook.papers import PaperRegistryError, known_papers
+
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "claims" / "bad").mkdir(parents=True)
+    (tmp_path / "claims" / "bad" / "paper.toml").write_text("title = \n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PaperRegistryError, match="paper.toml: cannot read it"):
+        known_papers()

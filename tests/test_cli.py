@@ -5,16 +5,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from labcore.calibrate import CalibrationError, calibrate, calibration_tables, numeric_stats, render_pass_rates
-from labcore.claims import load_claim_from_module
-from labcore.cli import main
-from labcore.history import append_record, read_history
+from labcore.notebook.calibrate import CalibrationError, calibrate, calibration_tables, numeric_stats, render_pass_rates
+from labcore.notebook.claims import load_claim_from_module
+from labcore.notebook.cli import main
+from labcore.notebook.history import append_record, read_history
 
 # --- help --------------------------------------------------------------------------------------
 
@@ -58,14 +59,16 @@ def test_new_writes_a_valid_claim_file(tmp_path: Path, capsys: pytest.CaptureFix
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("gpt5/some_claim", "paper 'gpt5' is unknown; use one of attention, bayes, lora, qlora, forgetting"),
+        ("gpt5/some_claim", "paper 'gpt5' is new (known: attention, bayes, lora, qlora, forgetting"),
+        ("quick/some_claim", "paper 'quick' cannot be a marker"),
+        ("lora/some_claim --arxiv 2301.00001", "paper 'lora' is arXiv 2106.09685, not 2301.00001"),
         ("attention/1bad", "id must be a Python identifier"),
         ("attention", "'attention' is not <paper>/<claim_id>"),
         ("attention/lora", "id is already a marker"),
     ],
 )
 def test_new_refuses_bad_names(spec: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["new", spec, "--claims-dir", str(tmp_path)]) == 2
+    assert main(["new", *spec.split(), "--claims-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lab new: error: ") and message in err
     assert list(tmp_path.iterdir()) == []
@@ -138,8 +141,20 @@ def test_log_filters_and_modes(history: Path, capsys: pytest.CaptureFixture[str]
 
     main(["log", "--changes"])
     out = capsys.readouterr().out
-    assert "claim_a" in out and "failed -> passed" in out and "r2" in out
+    assert "claim_a" in out and "partly held -> held" in out and "r2" in out
     assert "lora_claim" not in out  # a skipped run is not a verdict
+
+
+def test_log_rejects_unknown_claims_and_markers_with_a_suggestion(
+    history: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["log", "--claim", "claim_b"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lab log: error: claim 'claim_b' is unknown") and "did you mean 'claim_a'?" in err
+    assert main(["log", "--paper", "lorra"]) == 2
+    assert "marker 'lorra' is unknown; did you mean 'lora'" in capsys.readouterr().err
+    assert main(["log", "--claim", "zzzzzz"]) == 2
+    assert "lab log lists the claims" in capsys.readouterr().err
 
 
 def test_log_on_an_empty_history_says_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
@@ -153,11 +168,11 @@ def test_report_writes_markdown_with_plots_and_history(history: Path, isolated_r
     assert "## Attention Is All You Need (attention, arXiv 1706.03762)" in text
     assert "## LoRA: Low-Rank Adaptation of Large Language Models (lora, arXiv 2106.09685)" in text
     assert text.index("claim_a") < text.index("lora_claim")
-    assert "### claim_a — passed" in text
+    assert "### claim_a — held" in text
     assert "> statement of claim_a" in text
     assert "- **Prediction:** prediction of claim_a" in text
     assert "- **Why this tolerance:** why claim_a" in text
-    assert "Verdict history: 2026-01-01 10:00 failed · 2026-01-02 09:00 passed" in text
+    assert "Verdict history: 2026-01-01 10:00 partly held · 2026-01-02 09:00 held" in text
     assert "![curve](claim_a/curve.png)" in text
     assert "history.jsonl line 3 is truncated or malformed (skipped)" in text
 
@@ -171,14 +186,14 @@ def test_report_elsewhere_in_html_links_plots_relatively(
     assert (out / "report.md").exists()
     relative = Path(__import__("os").path.relpath(isolated_results / "claim_a" / "curve.png", out)).as_posix()
     assert f"src='{relative}'" in html
-    assert "<h3>claim_a — passed</h3>" in html
+    assert "<h3>claim_a — <span class='verdict' style='color:#1a7f37'>held</span></h3>" in html
 
 
 # --- lab run -----------------------------------------------------------------------------------
 
 CLAIM_FILE = """\
 import pytest
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id={claim_id!r}, paper="attention", statement="s",
@@ -190,7 +205,7 @@ CLAIM = Claim(
 
 def make_project(root: Path, claim_id: str, body: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "conftest.py").write_text('pytest_plugins = ("labcore.plugin",)\n')
+    (root / "conftest.py").write_text('pytest_plugins = ("labcore.notebook.plugin",)\n')
     path = root / "claims" / "attention" / f"test_{claim_id}.py"
     path.parent.mkdir(parents=True)
     path.write_text(CLAIM_FILE.format(claim_id=claim_id) + textwrap.dedent(body))
@@ -203,9 +218,12 @@ def test_run_runs_pytest_then_writes_the_report(
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(make_project(tmp_path, "run_claim", "def test_ok(lab):\n    lab.record(x=1.0)\n"))
     assert main(["run", "-q", "-p", "no:randomly", "claims"]) == 0
-    assert "lab run: report written to" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "lab run: report written to" in out
+    assert re.search(r"^run_claim\s+attention\s+held$", out, re.MULTILINE)  # the verdict summary
+    assert "1 claims: 1 held" in out and "verdicts: held = every test that ran passed" in out
     assert [r["claim"] for r in read_history(isolated_results / "history.jsonl").records] == ["run_claim"]
-    assert "### run_claim — passed" in (isolated_results / "report.md").read_text()
+    assert "### run_claim — held" in (isolated_results / "report.md").read_text()
 
     assert main(["run", "-q", "--no-report", "-m", "full", "claims"]) == 1
     assert "pytest collected no tests (exit code 5)" in capsys.readouterr().err
@@ -277,17 +295,17 @@ def test_pass_rate_ignores_skips_and_counts_xfail_as_expected() -> None:
 
 
 def test_lists_and_dicts_are_calibrated_entry_by_entry() -> None:
-    from labcore.calibrate import flatten_numeric
+    from labcore.notebook.calibrate import flatten_numeric
 
     measured = {"a": 1, "per_dk": [1.0, 2.0], "nested": {"x": 2, "label": "s"}, "flag": True}
     assert flatten_numeric(measured) == {"a": 1.0, "per_dk[0]": 1.0, "per_dk[1]": 2.0, "nested.x": 2.0}
 
 
 def test_calibrate_command_passes_arguments_after_double_dash_to_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
-    import labcore.cli
+    import labcore.notebook.cli
 
     calls: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(labcore.cli, "calibrate", lambda marker, **kwargs: calls.append((marker, kwargs)) or 0)
+    monkeypatch.setattr(labcore.notebook.cli, "calibrate", lambda marker, **kwargs: calls.append((marker, kwargs)) or 0)
     assert main(["calibrate", "lora", "--seeds", "5", "--start", "2", "--", "-n", "2"]) == 0
     marker, kwargs = calls[0]
     assert marker == "lora" and kwargs["seeds"] == 5 and kwargs["start"] == 2
@@ -296,7 +314,7 @@ def test_calibrate_command_passes_arguments_after_double_dash_to_pytest(monkeypa
 
 
 def test_log_durations_sums_latest_records_per_paper(isolated_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from labcore.history import append_record
+    from labcore.notebook.history import append_record
 
     log = isolated_results / "history.jsonl"
     for test, paper, seconds in [("a::t1", "attention", 5.0), ("a::t1", "attention", 7.0),
@@ -309,3 +327,63 @@ def test_log_durations_sums_latest_records_per_paper(isolated_results: Path, cap
     assert re.search(r"bayes\s+31\.5", out) and re.search(r"total\s+38\.5", out)
     slowest = out.split("Slowest", 1)[1]
     assert slowest.index("30.0") < slowest.index("7.0") < slowest.index("1.5")  # slowest first
+
+
+# --- any paper, no code edits --------------------------------------------------------------------
+
+
+def _fresh_copy(root: Path) -> Path:
+    """A checkout as a learner has it: pyproject.toml, the root conftest, claims/ with a paper."""
+    from labcore.files import repo_root
+
+    root.mkdir()
+    (root / "pyproject.toml").write_text((repo_root() / "pyproject.toml").read_text())
+    (root / "conftest.py").write_text('pytest_plugins = ("labcore.notebook.plugin",)\n')
+    (root / "claims" / "attention").mkdir(parents=True)
+    (root / "claims" / "attention" / "paper.toml").write_text(
+        (repo_root() / "claims" / "attention" / "paper.toml").read_text()
+    )
+    return root
+
+
+def _pytest_in(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+    import sys
+
+    from labcore.files import repo_root
+
+    env = {**os.environ, "PYTHONPATH": str(repo_root()), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", *args],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_new_paper_on_a_fresh_copy_needs_no_code_edit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project = _fresh_copy(tmp_path / "copy")
+    monkeypatch.chdir(project / "claims")  # any folder inside the checkout
+    assert main(["new", "newpaper/first_claim", "--arxiv", "2301.00001"]) == 0
+    out = capsys.readouterr().out
+    claim_file = project / "claims" / "newpaper" / "test_first_claim.py"
+    assert f"wrote {claim_file}" in out  # into the checkout it runs in, not labcore's own
+    registry = (project / "claims" / "newpaper" / "paper.toml").read_text()
+    assert 'arxiv = ["2301.00001"]' in registry and 'title = "newpaper"' in registry
+    assert "pytest -m newpaper" in (project / "docs" / "papers" / "newpaper.md").read_text()
+    text = claim_file.read_text()
+    assert "lab.record(value=value)" in text and "# assert value <= 0.05" in text
+    assert "lab.not_yet_run(" in text
+
+    selected = _pytest_in(project, "-m", "newpaper")
+    assert selected.returncode == 1, selected.stdout + selected.stderr
+    assert "1 failed" in selected.stdout
+    assert "not yet run: claim 'first_claim' has no experiment yet" in selected.stdout
+
+    misspelt = _pytest_in(project, "-m", "newpapr")
+    assert misspelt.returncode == pytest.ExitCode.USAGE_ERROR
+    assert "unknown marker 'newpapr' in -m: did you mean 'newpaper'?" in misspelt.stderr
+    assert len(misspelt.stderr.strip().splitlines()[-1]) < 200  # one short line, not every marker
+
+    # The second claim of the now known paper needs no --arxiv; a bad id is refused.
+    assert main(["new", "newpaper/second_claim", "--title", "ignored"]) == 0
+    assert main(["new", "newpaper/third_claim", "--arxiv", "2301.99999"]) == 2
+    assert "paper 'newpaper' is arXiv 2301.00001, not 2301.99999" in capsys.readouterr().err

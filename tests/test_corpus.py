@@ -1,10 +1,10 @@
-"""labcore.corpus (the two-domain text corpus) and labcore.smollm2_lab's top-k cached training,
+"""labcore.pretrained.corpus (the two-domain text corpus) and labcore.pretrained.topk's top-k cached training,
 checked on a tiny Llama built from a config (no wheel, no hub); one SmolLM2 check behind real_model."""
 
 import pytest
 import torch
 
-from labcore.corpus import (
+from labcore.pretrained.corpus import (
     DOMAINS,
     blocks,
     causal_lm_loss,
@@ -113,7 +113,7 @@ def test_random_windows_are_reproducible_slices_of_the_stream():
 def tiny_llama(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from labcore.unsloth_backend import build_tiny_llama
+    from labcore.pretrained.unsloth_backend import build_tiny_llama
 
     folder = build_tiny_llama(tmp_path_factory.mktemp("tiny"), ALL_TEXT, hidden_size=64, layers=4,
                               heads=4, kv_heads=2, intermediate=128, seed=0)
@@ -142,7 +142,7 @@ def test_losses_agree_with_transformers_own_loss(tiny_llama):
 def test_top_k_model_on_cached_states_is_the_full_model(tiny_llama):
     import copy
 
-    from labcore.smollm2_lab import CachedWindows, decoder_layers, embeds_lm_loss, eval_cached, keep_top_layers
+    from labcore.pretrained.topk import CachedWindows, decoder_layers, embeds_lm_loss, eval_cached, keep_top_layers
 
     model, tok = tiny_llama
     windows = load_domain("prose", tok).eval_blocks(48)[:5]
@@ -164,7 +164,7 @@ def test_top_k_model_on_cached_states_is_the_full_model(tiny_llama):
 
 
 def test_prefix_cache_refuses_bad_layers(tiny_llama):
-    from labcore.smollm2_lab import hidden_before_layer, keep_top_layers
+    from labcore.pretrained.topk import hidden_before_layer, keep_top_layers
 
     model, tok = tiny_llama
     with pytest.raises(ValueError, match="layer must be"):
@@ -176,7 +176,7 @@ def test_prefix_cache_refuses_bad_layers(tiny_llama):
 
 
 def test_unsloth_status_explains_itself():
-    from labcore.unsloth_backend import UnslothUnavailable, import_unsloth, unsloth_status
+    from labcore.pretrained.unsloth_backend import UnslothUnavailable, import_unsloth, unsloth_status
 
     ok, reason = unsloth_status()
     if ok:
@@ -187,14 +187,22 @@ def test_unsloth_status_explains_itself():
 
 
 def test_disk_cache_round_trip(tiny_llama, tmp_path):
-    """What pristine_smollm2 writes under <results>/cache and reads back (on the tiny Llama)."""
-    from labcore import smollm2_lab
+    """What pristine_smollm2 writes through the model cache and reads back (on the tiny Llama)."""
+    from labcore.pretrained import smollm2
+    from labcore.training.cache import cached_folder
 
     model, tok = tiny_llama
-    folder = tmp_path / "model-fp32"
-    smollm2_lab._save_disk_cache(model, tok, folder)
-    assert (folder / "config.json").is_file() and not list(tmp_path.glob("*.tmp-*"))
-    cached, cached_tok = smollm2_lab._load_from_disk_cache(folder)
+
+    def build(folder):
+        smollm2.rebuild_savable(model).save_pretrained(folder)
+        tok.save_pretrained(folder)
+        return model, tok
+
+    _, hit = cached_folder("tiny-fp32", build, smollm2._load_saved, cache_dir=tmp_path)
+    assert not hit and (tmp_path / "tiny-fp32" / "config.json").is_file()
+    assert not list(tmp_path.glob("*.tmp-*"))
+    (cached, cached_tok), hit = cached_folder("tiny-fp32", build, smollm2._load_saved, cache_dir=tmp_path)
+    assert hit
     ids = tok("def f(x):", return_tensors="pt").input_ids
     assert cached_tok("def f(x):", return_tensors="pt").input_ids.tolist() == ids.tolist()
     with torch.no_grad():
@@ -203,14 +211,14 @@ def test_disk_cache_round_trip(tiny_llama, tmp_path):
 
 @pytest.mark.real_model
 def test_smollm2_tokenises_the_corpus_into_the_sizes_the_claims_use():
-    from labcore import smollm2_lab
+    from labcore.pretrained import smollm2
 
-    if smollm2_lab._load_once.cache_info().currsize:  # the claims' copy is already in memory
-        _, tok, _ = smollm2_lab.pristine_smollm2()
+    if smollm2._load_once.cache_info().currsize:  # the claims' copy is already in memory
+        _, tok, _ = smollm2.pristine_smollm2()
     else:  # the tokenizer alone (~10 s) instead of the whole model
         from transformers import AutoTokenizer
 
-        from labcore.realmodel import SMOLLM2_GGUF, smollm2_dir
+        from labcore.pretrained.smollm2 import SMOLLM2_GGUF, smollm2_dir
 
         tok = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
     sizes = {d: (load_domain(d, tok).train_ids.numel(), load_domain(d, tok).eval_ids.numel()) for d in DOMAINS}

@@ -1,4 +1,4 @@
-"""labcore.finetune: the two-domain Markov language, exact expected loss, the base, recipes and runs.
+"""labcore.finetuning.recipes: the two-domain Markov language, exact expected loss, the base, recipes and runs.
 
 Everything here trains for a handful of steps on a tiny spec, so the whole file runs in seconds.
 """
@@ -10,23 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from labcore import lora as L
-from labcore import quant as Q
-from labcore.finetune import (
-    BaseSpec,
-    DomainMarkovLanguage,
-    FinetuneLab,
-    FinetuneRecipe,
-    expected_loss,
-    finetune,
-    lora_factors,
-    prepare,
-    pretrain_base,
-)
+from labcore.finetuning import lora as L
+from labcore.finetuning import quantized as QM
+from labcore.finetuning.base import BaseSpec, FinetuneLab, pretrain_base
+from labcore.finetuning.lora import lora_factors
+from labcore.finetuning.recipes import FinetuneRecipe, finetune, prepare
+from labcore.tasks.markov_domains import DomainMarkovLanguage, expected_loss
 
 LANG = DomainMarkovLanguage(n_tokens=8, seq_len=10, seed=3)
 # d_model 64, not smaller: bitsandbytes' CPU quantize_4bit disagrees with the paper's flattened
-# blocks (and labcore.quant) when a weight's rows are shorter than the 64-value block — measured
+# blocks (and labcore.finetuning.quant) when a weight's rows are shorter than the 64-value block — measured
 # max abs difference 0.02–0.045 for (32, 32), (64, 32), (128, 32) weights of std 0.02; exact for
 # rows ≥ 64.
 TINY = BaseSpec(d_model=64, n_layers=2, n_heads=2, steps=5, batch_size=8, warmup_steps=1)
@@ -175,7 +168,7 @@ def test_finetune_runs_and_leaves_the_base_alone(base, recipe):
 def test_qlora_fake_base_is_the_quantised_base(base):
     model, adapted = prepare(base, FinetuneRecipe(method="qlora", targets=("q", "v"), r=2, quant="nf4"), seed=0)
     reference = copy.deepcopy(base)
-    Q.fake_quantize_model(reference, "nf4", double_quant=True)
+    QM.fake_quantize_model(reference, "nf4", double_quant=True)
     assert adapted == ["blocks.0.attn.W_Q", "blocks.0.attn.W_V", "blocks.1.attn.W_Q", "blocks.1.attn.W_V"]
     for name, f in lora_factors(model).items():
         assert torch.equal(f.W0, reference.get_submodule(name).weight)
@@ -190,7 +183,7 @@ def test_qlora_bitsandbytes_backend(base):
     fake = finetune(base, LANG, FinetuneRecipe(method="qlora", targets=("q", "v"), r=2, quant="nf4", steps=2),
                     seed=0, eval_every=1, curve_eval_size=8, final_eval_size=16)
     # the same frozen weights: bitsandbytes' dequantised NF4+DQ equals the fake quantisation up to
-    # one step of the 8-bit double-quantised constants (labcore.quant.double_quantize explains why)
+    # one step of the 8-bit double-quantised constants (labcore.finetuning.quant.double_quantize explains why)
     fb, ff = result.factors(), fake.factors()
     assert sorted(fb) == sorted(ff)
     for name in fb:

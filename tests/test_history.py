@@ -14,7 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from labcore.history import (
+from labcore.notebook.history import (
     SCHEMA_VERSION,
     NotJSONableError,
     append_record,
@@ -23,7 +23,7 @@ from labcore.history import (
     read_history,
     to_jsonable,
 )
-from labcore.paths import ResultsDirError, cache_dir, history_path, results_dir
+from labcore.files import ResultsDirError, cache_dir, history_path, results_dir
 
 
 def test_records_round_trip_one_line_each(tmp_path: Path) -> None:

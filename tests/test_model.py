@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labcore import GPT, ConfigError, GPTConfig
-from labcore.hooks import HOOK_SHAPES, shape_pattern
+from labcore.glassbox.hooks import HOOK_SHAPES, shape_pattern
 
 configs = st.builds(
     lambda n_heads, d_head, n_layers, positional, norm, mlp, tied: GPTConfig(
@@ -166,7 +166,7 @@ def test_per_head_path_gives_the_same_function_as_the_fused_path(bias):
 
 def test_per_head_results_follow_a_wrapped_w_o():
     """A LoRA-wrapped W_O changes hook_result consistently with the fused output."""
-    from labcore.lora import apply_lora
+    from labcore.finetuning.lora import apply_lora
 
     model = GPT(GPTConfig(vocab_size=10, n_ctx=8, init_std=0.2))
     apply_lora(model, ["W_O"], r=2, alpha=2)

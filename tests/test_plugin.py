@@ -8,15 +8,16 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
-import labcore.plugin
-from labcore.cli import new_claim_file
-from labcore.history import read_history
-from labcore.paths import repo_root
-from labcore.plugin import GPU_SKIP_REASON, REAL_MODEL_SKIP_REASON, LabRecorder, marker_names_in
+import labcore.notebook.plugin
+from labcore.notebook.cli import new_claim_file
+from labcore.notebook.history import read_history
+from labcore.files import repo_root
+from labcore.notebook.plugin import GPU_SKIP_REASON, REAL_MODEL_SKIP_REASON, marker_names_in
+from labcore.notebook.recorder import LabRecorder
 
 CLAIM_HEADER = """\
 import pytest
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id={claim_id!r}, paper="attention", statement="Var(q·k) = d_k",
@@ -38,7 +39,7 @@ def write_claim(
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest("-p", "labcore.plugin", "-p", "no:randomly", *args)
+    return pytester.runpytest("-p", "labcore.notebook.plugin", "-p", "no:randomly", *args)
 
 
 @pytest.fixture
@@ -139,7 +140,7 @@ def test_one_record_per_test_with_its_outcome(pytester: pytest.Pytester, results
 def test_claim_fields_become_markers(
     pytester: pytest.Pytester, results: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(labcore.plugin, "_real_model_missing", lambda: False)
+    monkeypatch.setattr(labcore.notebook.plugin, "_real_model_missing", lambda: False)
     write_claim(pytester, "def test_it(lab):\n    pass\n", tier="full", tags=("real_model",))
     run(pytester, "-m", "demo_claim and attention and full and real_model").assert_outcomes(passed=1)
     run(pytester, "-k", "demo_claim").assert_outcomes(passed=1)
@@ -153,10 +154,13 @@ def test_unknown_marker_in_m_is_a_usage_error(pytester: pytest.Pytester, results
     result = run(pytester, "-m", "(demo_claim or demo_clam) and not gpu")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([
-        "ERROR: unknown marker 'demo_clam' in -m: known markers are quick, full, gpu, real_model, "
-        "attention, bayes, lora, qlora, forgetting, demo_claim, *"
+        "ERROR: unknown marker 'demo_clam' in -m: did you mean 'demo_claim'? "
+        "(`lab log` lists the claims, `pytest --markers` every marker)"
     ])
     assert not (results / "history.jsonl").exists()
+    far_off = run(pytester, "-m", "zzzz")
+    assert far_off.ret == pytest.ExitCode.USAGE_ERROR
+    far_off.stderr.fnmatch_lines(["ERROR: unknown marker 'zzzz' in -m: no marker is close to it. *"])
 
 
 def test_marker_names_in_expressions() -> None:
@@ -167,8 +171,12 @@ def test_marker_names_in_expressions() -> None:
 def test_invalid_claim_fails_collection_with_one_line(pytester: pytest.Pytester, results: Path) -> None:
     write_claim(pytester, "def test_it():\n    pass\n", tier="slow")
     result = run(pytester)
-    assert result.ret == pytest.ExitCode.INTERRUPTED
-    result.stdout.fnmatch_lines(["claim 'demo_claim': tier 'slow' is unknown; use one of quick, full"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        "broken claim file claims/attention/test_demo_claim.py: "
+        "claim 'demo_claim': tier 'slow' is unknown; use one of quick, full"
+    ])
     assert "Traceback" not in result.stdout.str()
 
 
@@ -179,7 +187,7 @@ def test_missing_claim_record_fails_collection(pytester: pytest.Pytester, result
     (path.parent / "test_helpers_only.py").write_text("def helper():\n    return 1\n")  # no tests: fine
     result = run(pytester)
     result.stdout.fnmatch_lines([
-        "claims/lora/test_nothing.py has no CLAIM record: add CLAIM = Claim(...) at the top (see lab new)"
+        "broken claim file claims/lora/test_nothing.py has no CLAIM record: add CLAIM = Claim(...) at the top (see lab new)"
     ])
     result.assert_outcomes(errors=1)
 
@@ -189,7 +197,42 @@ def test_duplicate_claim_ids_are_refused(pytester: pytest.Pytester, results: Pat
     write_claim(pytester, "def test_b():\n    pass\n", file_name="test_b")
     result = run(pytester)
     result.stdout.fnmatch_lines([
-        "claim 'demo_claim' is already defined in claims/attention/test_a.py: claim ids must be unique, rename one"
+        "*claim 'demo_claim' is already defined in claims/attention/test_a.py: claim ids must be unique, rename one"
+    ])
+
+
+def test_a_broken_claim_file_does_not_stop_the_other_claims(pytester: pytest.Pytester, results: Path) -> None:
+    write_claim(pytester, "def test_ok(lab):\n    lab.record(v=1.0)\n", claim_id="good_claim")
+    broken = pytester.path / "claims" / "attention" / "test_half_written.py"
+    broken.write_text(
+        "from labcore.notebook.claims import Claim\n"
+        "CLAIM = Claim(id='half_written', paper='attention', tier='quick',\n\ndef test_x(:\n    pass\n"
+    )
+    problem = "broken claim file claims/attention/test_half_written.py: SyntaxError: invalid syntax (line 4)"
+
+    # Only the other claim selected: it runs, keeps its exit code, and the broken file is named.
+    other = run(pytester, "-m", "good_claim")
+    assert other.ret == pytest.ExitCode.OK
+    other.assert_outcomes(passed=1)
+    other.stdout.fnmatch_lines([f"lab: {problem} (not selected by -m, so not run)"])
+    assert [r["claim"] for r in read_history(results / "history.jsonl").records] == ["good_claim"]
+
+    # Any selection that may include it (everything, its paper, its tier, its id) reports it.
+    for args in ([], ["-m", "attention"], ["-m", "quick"], ["-m", "half_written"]):
+        result = run(pytester, *args)
+        assert result.ret == pytest.ExitCode.TESTS_FAILED, args
+        result.assert_outcomes(passed=0 if args[-1:] == ["half_written"] else 1, errors=1)
+        result.stdout.fnmatch_lines([problem, f"lab: {problem} (reported above as an error)"])
+        assert "Traceback" not in result.stdout.str() and "Interrupted" not in result.stdout.str()
+
+
+def test_an_import_error_is_one_line_with_the_line_number(pytester: pytest.Pytester, results: Path) -> None:
+    write_claim(pytester, "import no_such_module_here\n\ndef test_it(lab):\n    pass\n")
+    result = run(pytester)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines([
+        "broken claim file claims/attention/test_demo_claim.py: "
+        "ModuleNotFoundError: No module named 'no_such_module_here' (line 10)"
     ])
 
 
@@ -227,8 +270,10 @@ def test_gpu_claims_skip_without_cuda_before_their_fixtures(pytester: pytest.Pyt
         def test_on_gpu(lab, trained_model):
             pass
     """, tags=("gpu",))
+    import torch  # before the inner run: pytester drops modules first imported inside it, and torch
+    # cannot be imported twice in one process ("SystemError: bad call flags", then a segfault)
+
     result = run(pytester)
-    import torch
 
     if torch.cuda.is_available():  # pragma: no cover - GPU machines
         result.assert_outcomes(errors=1)
@@ -241,7 +286,7 @@ def test_gpu_claims_skip_without_cuda_before_their_fixtures(pytester: pytest.Pyt
 def test_real_model_claims_skip_without_the_wheel(
     pytester: pytest.Pytester, results: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(labcore.plugin, "_real_model_missing", lambda: True)
+    monkeypatch.setattr(labcore.notebook.plugin, "_real_model_missing", lambda: True)
     write_claim(pytester, "def test_on_smollm(lab):\n    pass\n", tags=("real_model",))
     result = run(pytester, "-rs")
     result.assert_outcomes(skipped=1)
@@ -299,7 +344,7 @@ def test_xdist_workers_each_append_one_record_per_test(
     monkeypatch.setenv("PYTHONPATH", str(repo_root()))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     write_claim(pytester, XDIST_BODY)
-    result = pytester.runpytest_subprocess("-p", "labcore.plugin", "-n", "2")
+    result = pytester.runpytest_subprocess("-p", "labcore.notebook.plugin", "-n", "2")
     result.assert_outcomes(passed=5, failed=1)
     result.stdout.fnmatch_lines(["lab: 6 records appended to *history.jsonl"])
     records = read_history(results / "history.jsonl").records
@@ -313,9 +358,9 @@ def test_xdist_unknown_marker_is_a_usage_error(
 ) -> None:
     monkeypatch.setenv("PYTHONPATH", str(repo_root()))
     write_claim(pytester, XDIST_BODY)
-    result = pytester.runpytest_subprocess("-p", "labcore.plugin", "-n", "2", "-m", "demo_clam")
+    result = pytester.runpytest_subprocess("-p", "labcore.notebook.plugin", "-n", "2", "-m", "demo_clam")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*unknown marker 'demo_clam' in -m: known markers are *demo_claim*"])
+    result.stderr.fnmatch_lines(["*unknown marker 'demo_clam' in -m: did you mean 'demo_claim'? *"])
 
 
 # --- the recorder on its own ----------------------------------------------------------------------
@@ -347,7 +392,7 @@ def test_recorder_saves_plots_atomically(tmp_path: Path) -> None:
 
 
 def test_atomic_writes_replace_whole_files(tmp_path: Path) -> None:
-    from labcore.plots import atomic_write_bytes, atomic_write_text
+    from labcore.files import atomic_write_bytes, atomic_write_text
 
     target = tmp_path / "sub" / "table.json"
     atomic_write_text(target, "first")
@@ -363,7 +408,7 @@ def test_conftests_in_paper_folders_work(pytester: pytest.Pytester, results: Pat
     (pytester.path / "claims" / "attention" / "conftest.py").write_text(
         "import pytest\n\n@pytest.fixture(scope='session')\ndef shared():\n    return 3\n"
     )
-    (pytester.path / "conftest.py").write_text('pytest_plugins = ("labcore.plugin",)\n')  # as in the repo
+    (pytester.path / "conftest.py").write_text('pytest_plugins = ("labcore.notebook.plugin",)\n')  # as in the repo
     # A conftest in a sibling paper folder: pytest then calls hooks on a *subset* of plugins.
     (pytester.path / "claims" / "bayes").mkdir()
     (pytester.path / "claims" / "bayes" / "conftest.py").write_text("")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from labcore import GPT, GPTConfig
-from labcore import probes
-from labcore.trainer import seeded_model
+from labcore.measures import probes
+from labcore.training.trainer import seeded_model
 
 
 def gen(seed: int) -> torch.Generator:
@@ -101,7 +101,7 @@ def test_qk_alignment_shape_and_self_alignment(model, tokens):
     # a cache whose keys equal its queries aligns perfectly with identical earlier positions
     q = torch.ones(2, 5, 2, 3)
     fake = {"blocks.0.attn.hook_q": q, "blocks.0.attn.hook_k": q}
-    from labcore.hooks import ActivationCache
+    from labcore.glassbox.hooks import ActivationCache
     a = probes.qk_alignment_by_prefix(ActivationCache(fake), [4], [0, 1, 2, 3])
     assert a.shape == (1, 1) and a[0, 0] == pytest.approx(1.0)
 

@@ -1,4 +1,4 @@
-"""labcore.quant: codebooks, blockwise absmax round trips, double quantisation, bitsandbytes parity."""
+"""labcore.finetuning.quant: codebooks, blockwise absmax round trips, double quantisation, bitsandbytes parity."""
 
 import copy
 import os
@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from labcore import quant as Q
+from labcore.finetuning import quant as Q
+
+from labcore.finetuning import quantized as QM
 
 try:
     import bitsandbytes as bnb
@@ -34,7 +36,7 @@ NF4_PAPER = [
 
 @needs_bnb
 def test_nf4_codebook_equals_bitsandbytes():
-    assert torch.equal(Q.nf4_codebook(), Q.bnb_nf4_codebook()), "hand NF4 differs from bitsandbytes' table"
+    assert torch.equal(Q.nf4_codebook(), QM.bnb_nf4_codebook()), "hand NF4 differs from bitsandbytes' table"
 
 
 def test_nf4_codebook_matches_paper():
@@ -86,8 +88,8 @@ def test_unknown_codebook_and_bad_sizes_raise_clear_errors():
 def test_missing_bitsandbytes_message(monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` fail
     with pytest.raises(ImportError, match=r"bitsandbytes is not installed: pip install bitsandbytes==0\.50\.2"):
-        Q.bnb_nf4_codebook()
-    assert not Q.bnb_available()
+        QM.bnb_nf4_codebook()
+    assert not QM.bnb_available()
 
 
 # ----------------------------------------------------------------- parity with bitsandbytes
@@ -104,7 +106,7 @@ def test_hand_dequantised_matches_bitsandbytes_without_dq(quant_type):
     w = torch.randn(256, 384, generator=torch.Generator().manual_seed(0))
     q = Q.quantize_blockwise(w, quant_type, 64)
     ours = Q.dequantize(q)
-    theirs = Q.bnb_roundtrip(w, quant_type, compress_statistics=False)
+    theirs = QM.bnb_roundtrip(w, quant_type, compress_statistics=False)
     assert torch.equal(ours, theirs), f"max diff {(ours - theirs).abs().max():.3g}"  # bit for bit
     packed, state = BF.quantize_4bit(w, blocksize=64, quant_type=quant_type)
     assert torch.equal(q.absmax, state.absmax)
@@ -140,7 +142,7 @@ def test_double_quant_close_to_bitsandbytes(quant_type):
     bnb_err = (dq.codebook[state.absmax.long()] * dq.absmax2[blocks2] - exact).abs()
     assert (ours_err <= bnb_err + 1e-7).all(), "hand rounding should be the nearest code"
 
-    ours, theirs = Q.dequantize(q), Q.bnb_roundtrip(w, quant_type, compress_statistics=True)
+    ours, theirs = Q.dequantize(q), QM.bnb_roundtrip(w, quant_type, compress_statistics=True)
     one_step = float(dq.absmax2.max()) * 2 * Q.max_half_gap(dq.codebook)
     max_diff = float((ours - theirs).abs().max())
     assert max_diff <= one_step, f"max diff {max_diff:.4g} > one 8-bit step {one_step:.4g}"
@@ -230,7 +232,7 @@ def test_rmse_nf4_beats_fp4_and_int4_on_gaussian_weights():
     rmse = {k: Q.quantization_error(w, k) for k in ("nf4", "fp4", "int4")}
     assert rmse["nf4"] <= 0.95 * min(rmse["fp4"], rmse["int4"]), rmse
     assert rmse["nf4"] == pytest.approx(0.0920, abs=0.002)
-    bnb_nf4 = float((Q.bnb_roundtrip(w, "nf4") - w).pow(2).mean().sqrt())
+    bnb_nf4 = float((QM.bnb_roundtrip(w, "nf4") - w).pow(2).mean().sqrt())
     assert bnb_nf4 == pytest.approx(rmse["nf4"], rel=1e-6)
     torch.manual_seed(0)
     wt = torch.distributions.StudentT(5.0).sample((256_000,))
@@ -256,12 +258,12 @@ def tiny_llama(seed=0):
 def test_fake_quantize_model_matches_bitsandbytes_weights():
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64))
     fake, real = copy.deepcopy(model), copy.deepcopy(model)
-    names = Q.fake_quantize_model(fake, "nf4", double_quant=False)
+    names = QM.fake_quantize_model(fake, "nf4", double_quant=False)
     assert names == ["0", "2"]
-    Q.quantize_model_4bit(real, "nf4", double_quant=False)
+    QM.quantize_model_4bit(real, "nf4", double_quant=False)
     for name in names:
         assert isinstance(real.get_submodule(name), bnb.nn.Linear4bit)
-        ref = Q.dequantized_linear4bit_weight(real.get_submodule(name))
+        ref = QM.dequantized_linear4bit_weight(real.get_submodule(name))
         assert torch.equal(fake.get_submodule(name).weight, ref)
         assert torch.equal(fake.get_submodule(name).bias, model.get_submodule(name).bias)
 
@@ -269,7 +271,7 @@ def test_fake_quantize_model_matches_bitsandbytes_weights():
 def test_fake_quantize_skips_output_layer_and_changes_weights():
     model = tiny_llama()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    names = Q.fake_quantize_model(model, "int4")
+    names = QM.fake_quantize_model(model, "int4")
     assert "lm_head" not in names and len(names) == 2 * 7
     assert torch.equal(model.lm_head.weight, before["lm_head.weight"])
     w = model.model.layers[0].self_attn.q_proj.weight
@@ -282,12 +284,12 @@ def test_fake_quantize_skips_output_layer_and_changes_weights():
 def test_quantize_model_4bit_forward_matches_dequantised_fp32_model():
     model = tiny_llama()
     qmodel = copy.deepcopy(model)
-    names = Q.quantize_model_4bit(qmodel, "nf4", double_quant=True)
+    names = QM.quantize_model_4bit(qmodel, "nf4", double_quant=True)
     assert len(names) == 14 and getattr(qmodel, "is_loaded_in_4bit", False)
     ref = copy.deepcopy(model)
     with torch.no_grad():
         for name in names:
-            ref.get_submodule(name).weight.copy_(Q.dequantized_linear4bit_weight(qmodel.get_submodule(name)))
+            ref.get_submodule(name).weight.copy_(QM.dequantized_linear4bit_weight(qmodel.get_submodule(name)))
     tokens = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out_q, out_ref = qmodel(tokens).logits, ref(tokens).logits
@@ -304,18 +306,18 @@ def test_guard_refuses_already_repacked_layer():
     if not BF.has_avx512bf16():
         pytest.skip("this CPU has no AVX-512 BF16: bitsandbytes never repacks, nothing to refuse")
     model = nn.Sequential(nn.Linear(64, 64))
-    Q.quantize_model_4bit(model, "nf4", guard=False)
+    QM.quantize_model_4bit(model, "nf4", guard=False)
     with torch.no_grad():
         model.eval()(torch.randn(3, 64))  # the first eval/no-grad forward repacks the weight
     with pytest.raises(RuntimeError, match="already repacked"):
-        Q.guard_linear4bit_cpu(model)
+        QM.guard_linear4bit_cpu(model)
 
 
 @needs_bnb
 def test_model_footprint_counts_packed_weights_and_quant_state():
     model = nn.Sequential(nn.Linear(128, 256))
-    assert Q.model_footprint_bytes(model) == (128 * 256 + 256) * 4
-    Q.quantize_model_4bit(model, "nf4", double_quant=True)
+    assert QM.model_footprint_bytes(model) == (128 * 256 + 256) * 4
+    QM.quantize_model_4bit(model, "nf4", double_quant=True)
     n, n_blocks = 128 * 256, 128 * 256 // 64
     expected = (
         n // 2  # packed 4-bit codes
@@ -326,8 +328,8 @@ def test_model_footprint_counts_packed_weights_and_quant_state():
         + 16 * 4  # NF4 code table
         + 256 * 4  # 8-bit dynamic code table
     )
-    assert Q.model_footprint_bytes(model) == expected
+    assert QM.model_footprint_bytes(model) == expected
     # Tied weights count once.
     tied = nn.Sequential(nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False))
     tied[1].weight = tied[0].weight
-    assert Q.model_footprint_bytes(tied) == 8 * 8 * 4
+    assert QM.model_footprint_bytes(tied) == 8 * 8 * 4

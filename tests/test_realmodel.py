@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from labcore.hf import HookedHF
-from labcore.realmodel import MissingModelError, load_smollm2, local_checkpoint_path
+from labcore.glassbox.hf import HookedHF
+from labcore.pretrained.smollm2 import MissingModelError, load_smollm2, local_checkpoint_path
 
 pytestmark = pytest.mark.real_model
 

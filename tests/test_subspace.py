@@ -1,11 +1,11 @@
-"""labcore.subspace: φ is a proper normalised subspace similarity (LORA-0d); the Table 7
+"""labcore.measures.subspace: φ is a proper normalised subspace similarity (LORA-0d); the Table 7
 projection orders random < ΔW-directions < W-directions on a planted example."""
 
 import numpy as np
 import pytest
 import torch
 
-from labcore import subspace as S
+from labcore.measures import subspace as S
 
 
 def orthonormal_rows(n_rows, d, seed):

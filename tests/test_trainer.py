@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from labcore import GPT, GPTConfig
-from labcore.trainer import Every, Snapshots, TrainConfig, lr_at, seeded_model, train, vaswani_lr
+from labcore.training.trainer import Every, Snapshots, TrainConfig, lr_at, seeded_model, train, vaswani_lr
 
 CFG = GPTConfig(vocab_size=12, n_ctx=12, d_model=32, n_layers=1, n_heads=2)
 

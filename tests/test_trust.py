@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from labcore.history import append_record, read_history
+from labcore.notebook.history import append_record, read_history
 
 REPO = Path(__file__).resolve().parents[1]
 
 CLAIM_FILE = '''
 import pytest
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="trust_demo", paper="attention", statement="“demo”",
@@ -41,7 +41,7 @@ def test_many(lab, i):
 def _project(tmp_path: Path, n: int) -> Path:
     (tmp_path / "claims" / "attention").mkdir(parents=True)
     (tmp_path / "claims" / "attention" / "test_trust_demo.py").write_text(CLAIM_FILE.format(n=n))
-    (tmp_path / "conftest.py").write_text('pytest_plugins = ("labcore.plugin",)\n')
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ("labcore.notebook.plugin",)\n')
     return tmp_path
 
 
@@ -75,7 +75,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from labcore.history import append_record
+    from labcore.notebook.history import append_record
     path = Path(sys.argv[1])
     i = 0
     while True:

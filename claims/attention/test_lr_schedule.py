@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from labcore import GPT, GPTConfig
-from labcore.claims import Claim, Source
-from labcore.trainer import TrainConfig, lr_at, train, vaswani_lr
+from labcore.notebook.claims import Claim, Source
+from labcore.training.trainer import TrainConfig, lr_at, train, vaswani_lr
 
 CLAIM = Claim(
     id="aiayn_lr_schedule",

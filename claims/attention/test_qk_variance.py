@@ -10,8 +10,8 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from labcore.attention_math import dot_product_variance
-from labcore.claims import Claim, Source
+from labcore.measures.attention_math import dot_product_variance
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="aiayn_qk_variance",

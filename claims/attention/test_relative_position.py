@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt
 import pytest
 import torch
 
-from labcore.attention_math import relative_position_error, relative_position_map
-from labcore.claims import Claim, Source
-from labcore.model import sinusoidal_positions
+from labcore.measures.attention_math import relative_position_error, relative_position_map
+from labcore.notebook.claims import Claim, Source
+from labcore.glassbox.model import sinusoidal_positions
 
 CLAIM = Claim(
     id="aiayn_relative_position",

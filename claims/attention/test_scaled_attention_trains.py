@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from labcore import GPT, GPTConfig
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 from labcore.tasks.pair_recall import PairRecallTask
-from labcore.trainer import TrainConfig, seeded_model, train
+from labcore.training.trainer import TrainConfig, seeded_model, train
 
 CLAIM = Claim(
     id="aiayn_scaled_attention_trains",

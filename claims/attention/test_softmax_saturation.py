@@ -9,8 +9,8 @@ unit-variance q, k, raw and scaled, from d_k=4 to 1024.
 import matplotlib.pyplot as plt
 import torch
 
-from labcore.attention_math import attention_statistics
-from labcore.claims import Claim, Source
+from labcore.measures.attention_math import attention_statistics
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="aiayn_softmax_saturation",

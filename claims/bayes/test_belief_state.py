@@ -5,7 +5,7 @@ posterior in its residual stream, the set of surviving hypotheses must be decoda
 authors' 2026 note decodes it from layer 1 with balanced accuracy 0.977 (rank-24 subspace) to
 1.000 (full residual).
 
-Probe (``labcore.probes.linear_probe_balanced_accuracy``): at each query position t of 512 probe
+Probe (``labcore.measures.probes.linear_probe_balanced_accuracy``): at each query position t of 512 probe
 sequences (4,608 rows), the residual after block ℓ (d = 64) → the 10 binary labels "value v is
 already eliminated"; one logistic regression per value, 80/20 split, balanced accuracy on the
 held-out rows (0.5 = chance, however unbalanced). Asserted on the *best* block; all are recorded.
@@ -29,8 +29,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from labcore.claims import Claim, Source
-from labcore.probes import layer_residuals, linear_probe_balanced_accuracy
+from labcore.notebook.claims import Claim, Source
+from labcore.measures.probes import layer_residuals, linear_probe_balanced_accuracy
 
 CLAIM = Claim(
     id="bayes_belief_state",

@@ -21,8 +21,8 @@ value, which costs far more entropy than KL. The model's curve lies just *above*
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labcore.bayes import mlp_plateau_mae_bits
-from labcore.claims import Claim, Source
+from labcore.measures.posterior import mlp_plateau_mae_bits
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="bayes_calibration",

@@ -8,7 +8,7 @@ is still 0.65 bits, and the MAE improves another ~40× afterwards.
 
 Measurement on the shared run's snapshots (steps 0 … 1,000): the attention patterns of every
 layer on a fixed 256-sequence probe batch, correlated with the *final* model's patterns
-(``labcore.probes.attention_map_correlation``: per-head Pearson r over the causal entries),
+(``labcore.measures.probes.attention_map_correlation``: per-head Pearson r over the causal entries),
 averaged over heads and layers; beside it the entropy MAE of the snapshot on the evaluation
 batch. The frame time is the first snapshot whose correlation with the final maps is ≥ 0.9.
 Claim: the frame time comes in the first half of training, and the posterior precision at that
@@ -29,8 +29,8 @@ import numpy as np
 import pytest
 import torch
 
-from labcore.claims import Claim, Source
-from labcore.probes import attention_map_correlation
+from labcore.notebook.claims import Claim, Source
+from labcore.measures.probes import attention_map_correlation
 
 CLAIM = Claim(
     id="bayes_frame_precision",

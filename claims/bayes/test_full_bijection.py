@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from labcore import GPT, GPTConfig
-from labcore.bayes import evaluate_bijection, mlp_plateau_mae_bits
-from labcore.claims import Claim, Source
+from labcore.measures.posterior import evaluate_bijection, mlp_plateau_mae_bits
+from labcore.notebook.claims import Claim, Source
 from labcore.tasks.bijection import BijectionTask, batch_fn
-from labcore.trainer import Every, TrainConfig, seeded_model, train
+from labcore.training.trainer import Every, TrainConfig, seeded_model, train
 
 CLAIM = Claim(
     id="bayes_full_bijection",

@@ -35,11 +35,11 @@ import numpy as np
 import torch
 
 from labcore import GPTConfig
-from labcore.bayes import evaluate_hmm
-from labcore.claims import Claim, Source
-from labcore.state_head import StateHeadGPT, hmm_state_loss
+from labcore.measures.posterior import evaluate_hmm
+from labcore.notebook.claims import Claim, Source
+from labcore.glassbox.state_head import StateHeadGPT, hmm_state_loss
 from labcore.tasks.hmm import HMMTask, batch_fn
-from labcore.trainer import TrainConfig, seeded_model, train
+from labcore.training.trainer import TrainConfig, seeded_model, train
 
 CLAIM = Claim(
     id="bayes_full_hmm",

@@ -8,7 +8,7 @@ run the filter, α_t ∝ E[:, o_t] ⊙ (α_{t−1} T), on matrices it reads from
 
 This is the CPU-sized version (the paper's size is bayes_full_hmm, GPU only):
     S = O = 3, K = 8 observations (header 21 tokens, sequence 37 tokens), min prob 0.05
-    StateHeadGPT (labcore.state_head): 2 layers, 4 heads, d = 64, GELU MLP ×4, learned
+    StateHeadGPT (labcore.glassbox.state_head): 2 layers, 4 heads, d = 64, GELU MLP ×4, learned
         positions, LayerNorm pre-norm, state head Linear(64, 3) on ln_final; 108k params
     AdamW (0.9, 0.99), lr 3e-3, wd 0.01, 100 warmup steps + cosine to 0, clip 1.0, batch 64,
     800 steps (fresh HMMs every step)
@@ -52,11 +52,11 @@ import pytest
 import torch
 
 from labcore import GPTConfig
-from labcore.bayes import evaluate_hmm
-from labcore.claims import Claim, Source
-from labcore.state_head import StateHeadGPT, hmm_state_loss
+from labcore.measures.posterior import evaluate_hmm
+from labcore.notebook.claims import Claim, Source
+from labcore.glassbox.state_head import StateHeadGPT, hmm_state_loss
 from labcore.tasks.hmm import HMMTask, batch_fn
-from labcore.trainer import Every, TrainConfig, seeded_model, train
+from labcore.training.trainer import Every, TrainConfig, seeded_model, train
 
 CLAIM = Claim(
     id="bayes_hmm_filtering",

@@ -6,7 +6,7 @@ hypothesis without touching the others. v3 quantifies it: mean off-diagonal |cos
 training vs 0.082 for random keys (−37 %). The authors' own follow-up adds a warning: this
 metric picks a different head (H1) from the one ablation says matters (H3).
 
-Measurement (``labcore.probes.key_orthogonality``): for each layer-0 head h,
+Measurement (``labcore.measures.probes.key_orthogonality``): for each layer-0 head h,
 k_i^h = W_K^h · ln1(E[i]) for the key tokens i = 0..V−1 (token embedding without position, after
 the block's LayerNorm, which is what W_K sees), and O_h = mean_{i≠j} |cos(k_i^h, k_j^h)|.
 Compared with the *same architecture at initialisation* (20 independent inits give the random
@@ -27,8 +27,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from labcore.claims import Claim, Source
-from labcore.probes import key_cosine_matrices, key_orthogonality
+from labcore.notebook.claims import Claim, Source
+from labcore.measures.probes import key_cosine_matrices, key_orthogonality
 
 CLAIM = Claim(
     id="bayes_key_orthogonality",

@@ -3,7 +3,7 @@
 Lab notebook. The paper reports that removing any single layer of its bijection model raises the
 error by more than an order of magnitude — the computation is spread over depth, no layer is
 spare. We bypass each block of the shared 3-layer model in turn (``resid_post := resid_pre``,
-``labcore.probes.bypass_block``, the authors' ``bypass``) and compare the entropy MAE on the
+``labcore.measures.probes.bypass_block``, the authors' ``bypass``) and compare the entropy MAE on the
 evaluation batch with the intact model's.
 
 Then the finer question behind "attention routes, the FFN updates": ablate only the attention
@@ -14,8 +14,9 @@ support (mass on eliminated values towards the 0.4 of a context-free guess), rem
 hurts calibration more than support. Those sublayer numbers are recorded and plotted, not
 asserted — the paper makes no quantitative sublayer claim.
 
-Seen over 5 seeds: block 0 is indispensable (≥ 23×), block 1 nearly so (9–14×), the last block
-anywhere from idle (0.8×: its removal *improves* the MAE slightly) to 13×. Sublayers: removing the
+Seen over seeds 0–7 (the numbers are in ``tolerance_why`` and the calibration table, not here):
+block 0 is indispensable in every seed; blocks 1 and 2 range from indispensable to idle (in some
+seeds bypassing them even improves the MAE slightly). Sublayers: removing the
 MLP of block 0 is catastrophic (MAE 0.38–1.22 bits, eliminated mass 0.22–0.34), but removing the
 MLPs of blocks 1 and 2 changes *nothing* (MAE 0.025–0.029 vs 0.027 intact) — in this small model
 the "FFN posterior update" happens once, in block 0; attention is needed in blocks 0 and 1
@@ -27,8 +28,8 @@ import numpy as np
 import pytest
 import torch
 
-from labcore.claims import Claim, Source
-from labcore.probes import bypass_block, zero_attention, zero_mlp
+from labcore.notebook.claims import Claim, Source
+from labcore.measures.probes import bypass_block, zero_attention, zero_mlp
 
 CLAIM = Claim(
     id="bayes_layer_ablation",

@@ -16,7 +16,7 @@ Seen over 5 seeds: the KL falls ~1 → 0.5 → 0.2 → 0.005 bits, except that o
 task in two blocks (KL 0.0047 after block 1) and leaves the third idle.
 
 We also record the progressive Q–K alignment of the paper (mean cosine between each query and
-the earlier context keys, per layer; ``labcore.probes.qk_alignment_by_prefix``) — reported, not
+the earlier context keys, per layer; ``labcore.measures.probes.qk_alignment_by_prefix``) — reported, not
 asserted: with learned positions and LayerNorm its sign and size depend on details the paper
 does not pin down.
 """
@@ -25,9 +25,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from labcore.bayes import eliminated_mass, logit_lens_kl_per_layer, value_slice_log_probs
-from labcore.claims import Claim, Source
-from labcore.probes import logit_lens, qk_alignment_by_prefix
+from labcore.measures.posterior import eliminated_mass, logit_lens_kl_per_layer, value_slice_log_probs
+from labcore.notebook.claims import Claim, Source
+from labcore.measures.probes import logit_lens, qk_alignment_by_prefix
 
 CLAIM = Claim(
     id="bayes_layerwise_elimination",

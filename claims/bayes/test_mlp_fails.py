@@ -1,7 +1,7 @@
 """Capacity-matched MLPs fail by orders of magnitude — true for the per-position MLP, not for a flattened one.
 
 Lab notebook. The abstract's architectural separation: "capacity-matched MLPs fail by orders of
-magnitude". Two different networks hide behind "MLP" (labcore.baselines):
+magnitude". Two different networks hide behind "MLP" (labcore.glassbox.baselines):
 
 * the **per-position MLP** (the authors' ``MLPControl``: residual MLP blocks applied to each token
   on its own, with position embeddings). It cannot see the context, so it converges to the
@@ -28,11 +28,11 @@ import numpy as np
 import pytest
 import torch
 
-from labcore.baselines import FlattenedContextMLP, PerPositionMLP, match_param_count, param_count
-from labcore.bayes import evaluate_bijection, mlp_plateau_mae_bits
-from labcore.claims import Claim, Source
+from labcore.glassbox.baselines import FlattenedContextMLP, PerPositionMLP, match_param_count, param_count
+from labcore.measures.posterior import evaluate_bijection, mlp_plateau_mae_bits
+from labcore.notebook.claims import Claim, Source
 from labcore.tasks.bijection import batch_fn
-from labcore.trainer import TrainConfig, seeded_model, train
+from labcore.training.trainer import TrainConfig, seeded_model, train
 
 CLAIM = Claim(
     id="bayes_mlp_fails",

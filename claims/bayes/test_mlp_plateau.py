@@ -10,7 +10,7 @@ every query while the Bayes entropy is log2(V − t). Its per-sample entropy MAE
 = 1.1070 bits for V=20, L=19 (the authors' 2026 note reports a 1.107-bit plateau for their
 2.68M-parameter MLP) and 0.9010 bits for V=10, L=9 (the size our quick claims use). The same
 predictor puts (L−1)/(2V) of its mass on eliminated values (0.45 at V=20). Both are checked two
-ways: the closed form in labcore.bayes, and the metric code itself applied to an all-zero-logit
+ways: the closed form in labcore.measures.posterior, and the metric code itself applied to an all-zero-logit
 (uniform) model on a sampled batch. The v1/v3 papers print "≈ 1.85 bits" for their MLP; that
 number is *not* this plateau and does not follow from this metric (see docs/papers/
 bayesian-geometry.md) — we record the gap rather than assert it.
@@ -21,8 +21,8 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from labcore.bayes import evaluate_bijection, mlp_plateau_eliminated_mass, mlp_plateau_mae_bits
-from labcore.claims import Claim, Source
+from labcore.measures.posterior import evaluate_bijection, mlp_plateau_eliminated_mass, mlp_plateau_mae_bits
+from labcore.notebook.claims import Claim, Source
 from labcore.tasks.bijection import BijectionTask
 
 CLAIM = Claim(

@@ -22,7 +22,7 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 from labcore.tasks.bijection import BijectionTask, _exact_posterior, analytic_entropy_bits
 
 CLAIM = Claim(

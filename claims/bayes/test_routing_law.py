@@ -6,7 +6,7 @@ query i with weights alpha_ij = softmax_j(s_ij), values v_j and upstream gradien
     dL/ds_ij = alpha_ij (b_ij - E_{alpha_i}[b]),  b_ij = u_i . v_j      ("advantage" routing)
     dL/dv_j  = sum_i alpha_ij u_i                                          (responsibility-weighted)
 
-These are exact identities, so the test is exact: labcore.paper2.routing_gradients computes the
+These are exact identities, so the test is exact: labcore.measures.routing.routing_gradients computes the
 right-hand sides, and autograd computes the left-hand sides, (a) on random q, k, v with a
 causal mask and a nonlinear loss L = sum(R * tanh(o)) + 0.1 sum(o^2), and (b) inside a real
 labcore GPT (3 layers, 4 heads, init std 0.3 so the patterns are far from uniform), reading the
@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from labcore import GPT, GPTConfig
-from labcore.claims import Claim, Source
-from labcore.paper2 import routing_gradients, routing_gradients_heads, uncentred_score_gradient
+from labcore.notebook.claims import Claim, Source
+from labcore.measures.routing import routing_gradients, routing_gradients_heads, uncentred_score_gradient
 
 CLAIM = Claim(
     id="bayes_routing_law",

@@ -7,7 +7,7 @@ compares plain SGD with an "EM-like" schedule that is SGD with lr 0.1 on W_V and
 W_Q, W_K, W_O — nothing more than a 10× value learning rate — and reports that it reaches SGD's
 final loss 2.3× faster (430 vs 1000 steps).
 
-Setup (labcore.paper2): 8 symbols, self-transition 0.3, off-diagonal ∝ 1/circular distance;
+Setup (labcore.measures.routing): 8 symbols, self-transition 0.3, off-diagonal ∝ 1/circular distance;
 x_t = μ_{y_{t−1}} + N(0, I), d_x = 20, means fixed (seed 0); one causal attention head
 d_k = 10, d_v = 15, readout to 8 classes, init N(0, 0.1²); full batch, 1000 steps, no
 momentum, no clipping; the same init and chain for both runs. H_min = H(Y_t | Y_{t−1}) =
@@ -44,8 +44,9 @@ produces by construction.
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labcore.claims import Claim, Source
-from labcore.paper2 import conditional_entropy_nats, run_em_vs_sgd, steps_to_threshold, sticky_transition_matrix
+from labcore.notebook.claims import Claim, Source
+from labcore.tasks.sticky_chain import conditional_entropy_nats, sticky_transition_matrix
+from labcore.training.em_vs_sgd import run_em_vs_sgd, steps_to_threshold
 
 CLAIM = Claim(
     id="bayes_value_lr_speedup",

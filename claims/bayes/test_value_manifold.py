@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 import torch
 
-from labcore.claims import Claim, Source
-from labcore.probes import pca, ridge_probe_r2, spearman
+from labcore.notebook.claims import Claim, Source
+from labcore.measures.probes import pca, ridge_probe_r2, spearman
 
 CLAIM = Claim(
     id="bayes_value_manifold",

@@ -5,11 +5,11 @@ and LoRA and find that LoRA learns less of the target domain but keeps more of t
 abilities outside it; plotted as forgetting vs learning over training, the two methods "occupy
 the same Pareto curve", LoRA sitting at the learn-less/forget-less end.
 
-Small-model version (labcore.finetune): the 2-layer base is pretrained on two tagged Markov
+Small-model version (labcore.finetuning.recipes): the 2-layer base is pretrained on two tagged Markov
 domains, A and B₀; fine-tuning (100 steps) teaches a shifted domain B and never shows A, but the
 tag tells the domains apart, so a model *could* learn B without touching A. "Learned" = base
 B-loss − final B-loss; "forgot" = final A-loss − base A-loss (expected CE on 512 held-out
-sequences each). Methods, each at its learning rate from labcore.finetune (LORA_LR for every
+sequences each). Methods, each at its learning rate from labcore.finetuning.recipes (LORA_LR for every
 LoRA variant, FULL_LR for full fine-tuning — both chosen on task B alone): full fine-tuning,
 LoRA r = 8 on W_Q, W_V, LoRA r = 8 on all linear layers, QLoRA (NF4 + DQ fake-quantised base,
 all linear, r = 8). The forgetting curves (A-loss against B-loss every 10 steps) are plotted like
@@ -29,8 +29,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.recipes import FinetuneRecipe
 
 FULL = FinetuneRecipe(method="full")
 VARIANTS = {

@@ -14,7 +14,7 @@ Our version (one shared CPU core, ~1.5 min):
   32 tokens). Forgetting = rise of the prose loss. (The model's real pretraining data is unknown
   to us; prose is a proxy for "what it could do before".)
 * arms, both on the **top 4 of 30 blocks** (the bottom 26 are frozen in both arms and computed
-  once, ``labcore.smollm2_lab``; a full-model step costs ~5 s here): full fine-tuning of every
+  once, ``labcore.pretrained.topk``; a full-model step costs ~5 s here): full fine-tuning of every
   parameter of those 4 blocks (14.2 M) at lr 1e-4, and LoRA r=8, α=16 on all their linear layers
   (0.33 M) at lr 1e-3. The 10× ratio was fixed before measuring (LoRA is usually run at about
   10× the full fine-tuning rate); at these rates both fit the training windows about equally
@@ -45,7 +45,7 @@ import numpy as np
 import pytest
 import torch
 
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="forgetting_smollm2",
@@ -89,10 +89,11 @@ SIGMA = {"learning_gap": 0.0180, "forgetting_gap": 0.0078, "forgetting_full": 0.
 
 @pytest.fixture(scope="module")
 def runs(lab_seed):
-    from labcore.corpus import load_domain
-    from labcore.lora import peft_lora
-    from labcore.smollm2_lab import CachedWindows, decoder_layers, embeds_lm_loss, eval_cached, keep_top_layers, pristine_smollm2
-    from labcore.trainer import Every, TrainConfig, train
+    from labcore.pretrained.corpus import load_domain
+    from labcore.finetuning.lora import peft_lora
+    from labcore.pretrained.smollm2 import pristine_smollm2
+    from labcore.pretrained.topk import CachedWindows, decoder_layers, embeds_lm_loss, eval_cached, keep_top_layers
+    from labcore.training.trainer import Every, TrainConfig, train
 
     base, tokenizer, load_seconds = pristine_smollm2()
     code, prose = load_domain("code", tokenizer), load_domain("prose", tokenizer)

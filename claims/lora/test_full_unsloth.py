@@ -15,11 +15,10 @@ Not yet run on a GPU: no measured numbers here yet.
 """
 
 import math
-import time
 
 import pytest
 
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="qlora_full_unsloth",
@@ -52,8 +51,8 @@ STEPS, BATCH, SEQ, LR, RANK, ALPHA = 50, 4, 256, 2e-4, 16, 32
 
 @pytest.fixture(scope="module")
 def backend():
-    from labcore.realmodel import MissingModelError, local_checkpoint_path
-    from labcore.unsloth_backend import unsloth_status
+    from labcore.pretrained.smollm2 import MissingModelError, local_checkpoint_path
+    from labcore.pretrained.unsloth_backend import unsloth_status
 
     ok, reason = unsloth_status()
     if not ok:
@@ -62,28 +61,24 @@ def backend():
         path = local_checkpoint_path()
     except MissingModelError as error:
         pytest.skip(str(error))
-    import labcore.unsloth_backend as module
+    import labcore.pretrained.unsloth_backend as module
 
     return module, path
 
 
 def test_unsloth_qlora_7b_memory_and_loss(lab, backend):
-    import torch
-
-    from labcore.gpu_finetune import measure_lora_finetune, plot_loss
-
-    unsloth_backend, checkpoint = backend
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    model, tokenizer = unsloth_backend.load_model(checkpoint, load_in_4bit=True, max_seq_length=SEQ)
-    load_seconds = time.perf_counter() - start
-    peak_after_load = torch.cuda.max_memory_allocated()
-    model = unsloth_backend.add_lora(model, r=RANK, alpha=ALPHA, seed=lab.seed, use_gradient_checkpointing="unsloth")
-    run = measure_lora_finetune(model, tokenizer, steps=STEPS, batch=BATCH, seq=SEQ, lr=LR, seed=lab.seed)
     import unsloth
 
-    lab.record(checkpoint=str(checkpoint), unsloth_version=unsloth.__version__, load_seconds=load_seconds,
-               peak_after_load_GB=peak_after_load / 1e9, gpu=torch.cuda.get_device_name(0), **run.as_record())
+    from labcore.pretrained.gpu_finetune import load_then_finetune, plot_loss
+
+    unsloth_backend, checkpoint = backend
+    run, loading = load_then_finetune(
+        lambda: unsloth_backend.load_model(checkpoint, load_in_4bit=True, max_seq_length=SEQ),
+        lambda model: unsloth_backend.add_lora(model, r=RANK, alpha=ALPHA, seed=lab.seed,
+                                               use_gradient_checkpointing="unsloth"),
+        steps=STEPS, batch=BATCH, seq=SEQ, lr=LR, seed=lab.seed,
+    )
+    lab.record(checkpoint=str(checkpoint), unsloth_version=unsloth.__version__, **loading, **run.as_record())
     lab.savefig(plot_loss(run, f"unsloth QLoRA {checkpoint.name}"), "unsloth_local_loss")
     first, last, peak, bf16_bytes = run.loss_first, run.loss_last, run.peak_bytes, run.bf16_bytes
     assert math.isfinite(last)

@@ -23,8 +23,8 @@ overshoots and ends worse (final 1.714 vs 1.699 with α = 8).
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.recipes import FinetuneRecipe
 
 RANKS = (4, 16, 64)
 EARLY = (10, 20, 30, 40, 50)

@@ -5,7 +5,7 @@ asks where to spend it: W_q alone at r = 8 scores 70.4 on WikiSQL, W_k alone 70.
 at r = 4 73.7 (seed std ±0.5) — "it is preferable to adapt more weight matrices than adapting a
 single type of weights with a larger rank".
 
-Same matched budget on the small pretrained base (labcore.finetune): 2 layers × r·(64 + 64)
+Same matched budget on the small pretrained base (labcore.finetuning.recipes): 2 layers × r·(64 + 64)
 per matrix gives 2,048 trainable parameters for {W_Q, W_V} r=4, {W_Q} r=8 and {W_K} r=8.
 100 fine-tuning steps on task B, same batches, α = 8, lr = LORA_LR.
 
@@ -18,8 +18,8 @@ recover only 31–37 % (q) and 20–32 % (k) of the gain that q,v r=4 gets.
 
 import matplotlib.pyplot as plt
 
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.recipes import FinetuneRecipe
 
 #: Seed-to-seed std (seeds 0–4) of the paired differences L(q r=8) − L(q,v r=4) and
 #: L(k r=8) − L(q,v r=4), the larger of the two (nats); see tolerance_why.

@@ -26,9 +26,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe
-from labcore.subspace import delta_w_projection, random_orthonormal
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.recipes import FinetuneRecipe
+from labcore.measures.subspace import delta_w_projection, random_orthonormal
 
 N_RANDOM = 1000
 R_PROJ = 4

@@ -5,7 +5,7 @@ Lab notebook. Table 6 of the LoRA paper: on GPT-3, adapting W_q and W_v with r =
 one suffices". Footnote 6 limits it: a downstream task far from pretraining (another language)
 may need the full rank.
 
-Setup (labcore.finetune): a 2-layer, d_model 64 glass-box GPT pretrained on two tagged Markov
+Setup (labcore.finetuning.recipes): a 2-layer, d_model 64 glass-box GPT pretrained on two tagged Markov
 "domains" A and B₀ (800 steps); the downstream task B shifts domain B by a token-preference
 tilt plus a rank-1 bigram change. LoRA on W_Q, W_V with r ∈ {1, 2, 4, 8, 64} (α = 8 for every
 r, the paper's "α = the first r we try"; r = 64 = d_model is a *full-rank* update of those
@@ -25,8 +25,8 @@ r = 64 beat r = 8 by more than 2σ on one seed of five (seed 3), where r = 8 had
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.recipes import FinetuneRecipe
 
 RANKS = (1, 2, 4, 8, 64)
 

@@ -3,7 +3,7 @@
 Lab notebook. §4.1 "No Additional Inference Latency": because ΔW = BA has W₀'s shape, after
 training one stores W = W₀ + BA and serves the plain model; to switch tasks one subtracts BA
 and adds B′A′. Here we take the LoRA q,v r=8 fine-tune of the small pretrained base
-(labcore.finetune, 100 steps on task B), and:
+(labcore.finetuning.recipes, 100 steps on task B), and:
 
 1. merge every LoRALinear and compare the logits of the merged and unmerged model (fp32, and
    again in fp64 to see that the difference is round-off);
@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from labcore import lora as L
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe
+from labcore.finetuning import lora as L
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.recipes import FinetuneRecipe
 
 CLAIM = Claim(
     id="lora_merge",
@@ -87,12 +87,8 @@ def _rel_err(a, b):
     return float((a - b).abs().max() / b.abs().max())
 
 
-def test_merged_model_is_the_same_function_with_the_base_architecture(lab, finetune_lab):
-    run = finetune_lab.run(FinetuneRecipe(method="lora", targets=("q", "v"), r=8, alpha=8))
-    base = finetune_lab.base
-    tokens = finetune_lab.eval_set("B", 512).tokens[:64]
-
-    # 1. merged vs unmerged, fp32 and fp64
+def _merge_errors(run, tokens) -> dict[str, float]:
+    """1. merged vs unmerged logits, relative error, in fp32 and fp64."""
     errors = {}
     for dtype in (torch.float32, torch.float64):
         unmerged = copy.deepcopy(run.model).to(dtype)
@@ -102,6 +98,58 @@ def test_merged_model_is_the_same_function_with_the_base_architecture(lab, finet
         with torch.no_grad():
             y_merged = merged(tokens)
         errors[str(dtype).split(".")[-1]] = _rel_err(y_merged, y_unmerged)
+    return errors
+
+
+def _unmerge_errors(run) -> tuple[float, float]:
+    """3. (how far merging moved W, how far unmerging leaves it from W0)."""
+    model = copy.deepcopy(run.model)
+    w0 = {n: m.base.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, L.LoRALinear)}
+    for m in model.modules():
+        if isinstance(m, L.LoRALinear):
+            m.merge()
+    moved = max(float((model.get_submodule(n).base.weight - w).abs().max()) for n, w in w0.items())
+    for m in model.modules():
+        if isinstance(m, L.LoRALinear):
+            m.unmerge()
+    unmerge_err = max(float((model.get_submodule(n).base.weight - w).abs().max()) for n, w in w0.items())
+    return moved, unmerge_err
+
+
+def _peft_merge_diff(finetune_lab, run, merged) -> float:
+    """4. our merge vs peft's merge_and_unload with the same factors: max weight difference."""
+    peft_model = L.peft_lora(finetune_lab.base_copy(), ["W_Q", "W_V"], r=8, alpha=8)
+    factors = run.factors()
+    with torch.no_grad():
+        for name, module in peft_model.named_modules():
+            key = name.removeprefix("base_model.model.")
+            if key in factors and hasattr(module, "lora_A"):
+                module.lora_A["default"].weight.copy_(factors[key].A)
+                module.lora_B["default"].weight.copy_(factors[key].B)
+    peft_merged = peft_model.merge_and_unload()
+    ours_sd, peft_sd = merged.state_dict(), peft_merged.state_dict()
+    return max(float((ours_sd[k] - peft_sd[k]).abs().max()) for k in ours_sd)
+
+
+def _plot(lab, flops, n_base, n_merged, n_lora, errors) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+    names = ["base", "LoRA unmerged", "merged"]
+    axes[0].bar(names, [flops["base"] / 1e6, flops["unmerged"] / 1e6, flops["merged"] / 1e6], color=["C0", "C3", "C2"])
+    axes[0].set(ylabel="forward MFLOPs (64 × 24 tokens)", title="compute")
+    axes[1].bar(names, [n_base, n_base + n_lora, n_merged], color=["C0", "C3", "C2"])
+    axes[1].set(ylabel="parameters", title="parameters")
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle(f"merge: rel. logit error fp32 {errors['float32']:.1e}, fp64 {errors['float64']:.1e}", fontsize=9)
+    fig.tight_layout()
+    lab.savefig(fig, "merge_flops_params")
+
+
+def test_merged_model_is_the_same_function_with_the_base_architecture(lab, finetune_lab):
+    run = finetune_lab.run(FinetuneRecipe(method="lora", targets=("q", "v"), r=8, alpha=8))
+    base = finetune_lab.base
+    tokens = finetune_lab.eval_set("B", 512).tokens[:64]
+    errors = _merge_errors(run, tokens)
 
     # 2. architecture, parameters and FLOPs of the merged model vs the base
     merged = _merge_and_strip(copy.deepcopy(run.model))
@@ -113,30 +161,8 @@ def test_merged_model_is_the_same_function_with_the_base_architecture(lab, finet
     flops = {"base": _flops(base, tokens), "merged": _flops(merged, tokens), "unmerged": _flops(run.model, tokens)}
     lora_modules_left = sum(isinstance(m, L.LoRALinear) for m in merged.modules())
 
-    # 3. unmerge restores W0
-    model = copy.deepcopy(run.model)
-    w0 = {n: m.base.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, L.LoRALinear)}
-    for m in model.modules():
-        if isinstance(m, L.LoRALinear):
-            m.merge()
-    moved = max(float((model.get_submodule(n).base.weight - w).abs().max()) for n, w in w0.items())
-    for m in model.modules():
-        if isinstance(m, L.LoRALinear):
-            m.unmerge()
-    unmerge_err = max(float((model.get_submodule(n).base.weight - w).abs().max()) for n, w in w0.items())
-
-    # 4. peft's merge_and_unload with the same factors
-    peft_model = L.peft_lora(finetune_lab.base_copy(), ["W_Q", "W_V"], r=8, alpha=8)
-    factors = run.factors()
-    with torch.no_grad():
-        for name, module in peft_model.named_modules():
-            key = name.removeprefix("base_model.model.")
-            if key in factors and hasattr(module, "lora_A"):
-                module.lora_A["default"].weight.copy_(factors[key].A)
-                module.lora_B["default"].weight.copy_(factors[key].B)
-    peft_merged = peft_model.merge_and_unload()
-    ours_sd, peft_sd = merged.state_dict(), peft_merged.state_dict()
-    peft_diff = max(float((ours_sd[k] - peft_sd[k]).abs().max()) for k in ours_sd)
+    moved, unmerge_err = _unmerge_errors(run)
+    peft_diff = _peft_merge_diff(finetune_lab, run, merged)
 
     lab.record(
         rel_logit_err_fp32=errors["float32"], rel_logit_err_fp64=errors["float64"], unmerge_err=unmerge_err,
@@ -146,17 +172,7 @@ def test_merged_model_is_the_same_function_with_the_base_architecture(lab, finet
         peft_merge_max_diff=peft_diff, same_module_tree=same_modules,
     )
 
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    names = ["base", "LoRA unmerged", "merged"]
-    axes[0].bar(names, [flops["base"] / 1e6, flops["unmerged"] / 1e6, flops["merged"] / 1e6], color=["C0", "C3", "C2"])
-    axes[0].set(ylabel="forward MFLOPs (64 × 24 tokens)", title="compute")
-    axes[1].bar(names, [n_base, n_base + run.trainable_params, n_merged], color=["C0", "C3", "C2"])
-    axes[1].set(ylabel="parameters", title="parameters")
-    for ax in axes:
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle(f"merge: rel. logit error fp32 {errors['float32']:.1e}, fp64 {errors['float64']:.1e}", fontsize=9)
-    fig.tight_layout()
-    lab.savefig(fig, "merge_flops_params")
+    _plot(lab, flops, n_base, n_merged, run.trainable_params, errors)
 
     assert moved > 1e-4, f"control: merging should change W (ΔW ≠ 0 after training), moved {moved:.3g}"
     assert errors["float32"] <= 1e-5, f"fp32 merged vs unmerged relative error {errors['float32']:.3g}"

@@ -15,9 +15,9 @@ small only because the base is large — the base has ≈ 111k parameters, LoRA 
 import matplotlib.pyplot as plt
 import pytest
 
-from labcore import lora as L
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe, prepare
+from labcore.finetuning import lora as L
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.recipes import FinetuneRecipe, prepare
 
 CLAIM = Claim(
     id="lora_param_count",

@@ -3,7 +3,7 @@
 Lab notebook. §7.2, Eq. 4 defines φ(A, B, i, j) = ‖U_A^{i⊤} U_B^{j}‖²_F / min(i, j) on the top-i
 and top-j right-singular vectors, "based on the Grassmann distance" (App. G), and says it is
 1 when the subspaces overlap completely and 0 when they are orthogonal. Before reading any
-learned A with it (lora_top_direction_shared) we check that labcore.subspace's φ has those
+learned A with it (lora_top_direction_shared) we check that labcore.measures.subspace's φ has those
 properties on random matrices (d = 64, like our model), and measure the number a learned φ has
 to beat: for independent uniformly random subspaces E[φ] = max(i, j)/d (each of the i·j
 squared cosines has mean 1/d).
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from labcore.claims import Claim, Source
-from labcore.subspace import phi_grid, random_orthonormal, random_phi_baseline, subspace_similarity
+from labcore.notebook.claims import Claim, Source
+from labcore.measures.subspace import phi_grid, random_orthonormal, random_phi_baseline, subspace_similarity
 
 CLAIM = Claim(
     id="lora_phi_properties",

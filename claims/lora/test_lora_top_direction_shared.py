@@ -4,7 +4,7 @@ Lab notebook. §7.2 of the LoRA paper trains r = 8 and r = 64 adapters from the 
 model and compares the subspaces spanned by the top-i and top-j right-singular vectors of their
 A matrices with φ(A₈, A₆₄, i, j) = ‖U₈^{i⊤} U₆₄^{j}‖²_F / min(i, j) (Eq. 4): the top direction
 overlaps with φ > 0.5, the others hardly — "providing an explanation of why r = 1 performs
-quite well". Two random subspaces give E[φ] = max(i, j)/d (labcore.subspace.random_phi_baseline).
+quite well". Two random subspaces give E[φ] = max(i, j)/d (labcore.measures.subspace.random_phi_baseline).
 
 Here: the r = 8 and r = 64 runs of the rank sweep (LoRA on W_Q, W_V, 2 layers, d_model 64, α = 8,
 100 steps on task B). Their A matrices start from *independent* random inits (different seeds
@@ -22,9 +22,10 @@ the random inits give ≤ 0.13 (chance 1/64 = 0.016). B's column spaces tell the
 import matplotlib.pyplot as plt
 import numpy as np
 
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe, lora_factors, prepare
-from labcore.subspace import phi_grid, random_phi_baseline, subspace_similarity
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.lora import lora_factors
+from labcore.finetuning.recipes import FinetuneRecipe, prepare
+from labcore.measures.subspace import phi_grid, random_phi_baseline, subspace_similarity
 
 CLAIM = Claim(
     id="lora_top_direction_shared",

@@ -2,8 +2,8 @@
 
 Lab notebook. §4.1 of the LoRA paper: A is random, B = 0, so ΔW = BA = 0 "at the beginning of
 training". Two consequences we can check bit for bit on the small pretrained base of
-labcore.finetune (2 layers, d_model 64, LoRA on W_Q and W_V, r = 8, α = 8), once with peft and
-once with the reference ``labcore.lora.LoRALinear``:
+labcore.finetuning.recipes (2 layers, d_model 64, LoRA on W_Q and W_V, r = 8, α = 8), once with peft and
+once with the reference ``labcore.finetuning.lora.LoRALinear``:
 
 1. the adapted model's logits at step 0 are *bitwise* the base model's (the LoRA branch adds
    (α/r)·B(Ax) = exactly 0.0 to every output);
@@ -23,9 +23,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labcore import lora as L
-from labcore.claims import Claim, Source
-from labcore.finetune import lora_factors
+from labcore.finetuning import lora as L
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.lora import lora_factors
 
 CLAIM = Claim(
     id="lora_zero_init",

@@ -3,7 +3,7 @@
 Lab notebook. unsloth is how many people actually run QLoRA: ``FastLanguageModel.from_pretrained(
 ..., load_in_4bit=True)`` then ``FastLanguageModel.get_peft_model(...)``. This claim runs the same
 experiment as claims/qlora/test_smollm2_matches_lora.py through that API (via
-``labcore.unsloth_backend``): one base loaded twice — NF4 + double quantisation (unsloth's 4-bit
+``labcore.pretrained.unsloth_backend``): one base loaded twice — NF4 + double quantisation (unsloth's 4-bit
 default) and unquantised — the same LoRA adapters (same ``random_state``), the same batches, and
 the final losses compared.
 
@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="qlora_unsloth_matches_lora",
@@ -73,12 +73,12 @@ SIGMA_SEED = 0.0437  # std over seeds 0..4 of the unquantised arm's final loss (
 
 @pytest.fixture(scope="module")
 def unsloth_api():
-    from labcore.unsloth_backend import unsloth_status
+    from labcore.pretrained.unsloth_backend import unsloth_status
 
     ok, reason = unsloth_status()
     if not ok:
         pytest.skip(reason)
-    import labcore.unsloth_backend as backend
+    import labcore.pretrained.unsloth_backend as backend
 
     return backend
 
@@ -93,8 +93,8 @@ def _char_windows(text: str, tokenizer, seq: int) -> torch.Tensor:
 def experiment(unsloth_api, lab_seed, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from labcore.corpus import causal_lm_loss, eval_loss, load_text, random_windows
-    from labcore.trainer import TrainConfig, train
+    from labcore.pretrained.corpus import causal_lm_loss, eval_loss, load_text, random_windows
+    from labcore.training.trainer import TrainConfig, train
 
     backend = unsloth_api
     prose, code = load_text("prose"), load_text("code")

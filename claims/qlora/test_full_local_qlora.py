@@ -20,11 +20,10 @@ Not yet run on a GPU: no measured numbers here yet.
 """
 
 import math
-import time
 
 import pytest
 
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="qlora_full_local_checkpoint",
@@ -58,7 +57,7 @@ STEPS, BATCH, SEQ, LR, RANK, ALPHA = 50, 4, 256, 2e-4, 16, 32
 
 @pytest.fixture(scope="module")
 def checkpoint():
-    from labcore.realmodel import MissingModelError, local_checkpoint_path
+    from labcore.pretrained.smollm2 import MissingModelError, local_checkpoint_path
 
     try:
         return local_checkpoint_path()
@@ -66,15 +65,10 @@ def checkpoint():
         pytest.skip(str(error))
 
 
-def test_qlora_7b_memory_and_loss(lab, checkpoint):
+def _load_nf4(checkpoint):
     import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    from labcore.gpu_finetune import measure_lora_finetune, plot_loss
-
-    torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(
         checkpoint, device_map={"": 0}, dtype=torch.bfloat16,
@@ -83,14 +77,23 @@ def test_qlora_7b_memory_and_loss(lab, checkpoint):
             bnb_4bit_compute_dtype=torch.bfloat16,
         ),
     )
-    load_seconds = time.perf_counter() - start
-    peak_after_load = torch.cuda.max_memory_allocated()
+    return model, tokenizer
+
+
+def _add_lora(model):
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.05,
-                                             target_modules="all-linear", task_type="CAUSAL_LM"))
-    run = measure_lora_finetune(model, tokenizer, steps=STEPS, batch=BATCH, seq=SEQ, lr=LR, seed=lab.seed)
-    lab.record(checkpoint=str(checkpoint), peak_after_load_GB=peak_after_load / 1e9, load_seconds=load_seconds,
-               gpu=torch.cuda.get_device_name(0), **run.as_record())
+    return get_peft_model(model, LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.05,
+                                            target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+def test_qlora_7b_memory_and_loss(lab, checkpoint):
+    from labcore.pretrained.gpu_finetune import load_then_finetune, plot_loss
+
+    run, loading = load_then_finetune(lambda: _load_nf4(checkpoint), _add_lora,
+                                      steps=STEPS, batch=BATCH, seq=SEQ, lr=LR, seed=lab.seed)
+    lab.record(checkpoint=str(checkpoint), **loading, **run.as_record())
     lab.savefig(plot_loss(run, f"QLoRA {checkpoint.name}"), "qlora_local_loss")
     first, last, peak, bf16_bytes = run.loss_first, run.loss_last, run.peak_bytes, run.bf16_bytes
     assert math.isfinite(last)

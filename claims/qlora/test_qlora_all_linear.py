@@ -6,7 +6,7 @@ quality; "the most critical LoRA hyperparameter is how many LoRA adapters are us
 that LoRA on all linear transformer block layers are required to match full finetuning
 performance".
 
-Small-model version (labcore.finetune): the same 100-step fine-tune on task B of the 2-layer base
+Small-model version (labcore.finetuning.recipes): the same 100-step fine-tune on task B of the 2-layer base
 with LoRA r = 8, α = 8 on W_Q, W_V only (4 matrices, 4,096 parameters) and on all linear layers
 (W_Q, W_K, W_V, W_O, W_in, W_out: 12 matrices, 18,432 parameters), against full fine-tuning
 (101,824 parameters), each at its method's learning rate. Expectation: task B changes domain B's
@@ -18,8 +18,8 @@ claims/forgetting/test_small_model_forgetting.py (all-linear LoRA forgets domain
 
 import matplotlib.pyplot as plt
 
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.recipes import FinetuneRecipe
 
 #: Seed-to-seed std (seeds 0–4) of the paired difference L(q,v) − L(all linear) (nats).
 SIGMA = 0.0059

@@ -6,8 +6,8 @@ constant per block, 32/64 = 0.5 bits per parameter on top of the 4 bits. Double 
 each: 8/64 + 32/(64·256) = 0.126953125 bits, a saving of 0.373046875 bits per parameter —
 "approximately 3 GB for a 65B model" (65e9 · 0.373/8 bytes = 3.03 GB).
 
-We check the arithmetic exactly (labcore.quant.bits_per_parameter), then *count bytes*: quantise
-a 4·64·256-value tensor with and without DQ (labcore.quant.quantize_blockwise) and read off the
+We check the arithmetic exactly (labcore.finetuning.quant.bits_per_parameter), then *count bytes*: quantise
+a 4·64·256-value tensor with and without DQ (labcore.finetuning.quant.quantize_blockwise) and read off the
 storage of the codes and constants, and do the same for a bitsandbytes Linear4bit layer through
 its quant_state. Measured: both match the formula to the one fp32 mean offset DQ keeps per
 tensor (32 bits / 65,536 values = 0.0005 bits). Control: DQ really stores fewer bytes (the
@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from labcore import quant as Q
-from labcore.claims import Claim, Source
+from labcore.finetuning import quant as Q
+
+from labcore.finetuning import quantized as QM
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="qlora_double_quant_bits",
@@ -63,11 +65,11 @@ def test_double_quant_bits_formula_and_counted_storage(lab):
     dq_dtype = str(q_dq.double_quant.codes.dtype)
 
     bnb_counts = {}
-    if Q.bnb_available():
+    if QM.bnb_available():
         for flag in (False, True):
             layer = torch.nn.Sequential(torch.nn.Linear(256, 256, bias=False))
-            Q.quantize_model_4bit(layer, "nf4", double_quant=flag)
-            total = Q.model_footprint_bytes(layer)
+            QM.quantize_model_4bit(layer, "nf4", double_quant=flag)
+            total = QM.model_footprint_bytes(layer)
             bnb_counts[flag] = total
     lab.record(
         bits_no_dq=no_dq, bits_dq=dq, saving=saving, gb_saved_65b=gb_65b, counted_bits_no_dq=counted_plain,

@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from labcore import quant as Q
-from labcore.claims import Claim, Source
+from labcore.finetuning import quant as Q
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="qlora_gaussian_error",

@@ -8,9 +8,9 @@ those of an fp32 model that holds the *dequantised* weights, to round-off.
 On a CPU this is where bitsandbytes bites (DEVELOPERS.md): the first eval/no-grad forward of a
 ``Linear4bit`` on a CPU with AVX-512 BF16 repacks the weight for inference (absmax rounded to
 bfloat16, a fused kernel without autograd), after which LoRA gradients are silently wrong or
-missing. labcore.quant.guard_linear4bit_cpu (applied by quantize_model_4bit) stops the repacking.
+missing. labcore.finetuning.quant.guard_linear4bit_cpu (applied by quantize_model_4bit) stops the repacking.
 
-Experiment on the small pretrained base (labcore.finetune): quantise every linear layer to NF4 +
+Experiment on the small pretrained base (labcore.finetuning.recipes): quantise every linear layer to NF4 +
 DQ with bitsandbytes, add peft LoRA (r = 8) on q,v and on all linear layers, give the adapters
 the same random values as an fp32 twin holding the dequantised weights (B ≠ 0, so A gets
 gradient too), run one **eval forward under no_grad first** (as a validation loop would), then
@@ -34,9 +34,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labcore import lora as L
-from labcore import quant as Q
-from labcore.claims import Claim, Source
+from labcore.finetuning import lora as L
+from labcore.finetuning import quantized as QM
+from labcore.notebook.claims import Claim, Source
 
 pytestmark = pytest.mark.filterwarnings("ignore:bitsandbytes..gemv_4bit. an autograd kernel was not registered")
 
@@ -75,11 +75,11 @@ TARGETS = {"q,v": ["W_Q", "W_V"], "all linear": ["W_Q", "W_K", "W_V", "W_O", "W_
 
 def _pair(base, targets, guard):
     qmodel = copy.deepcopy(base)
-    names = Q.quantize_model_4bit(qmodel, "nf4", double_quant=True, guard=guard)
+    names = QM.quantize_model_4bit(qmodel, "nf4", double_quant=True, guard=guard)
     ref = copy.deepcopy(base)
     with torch.no_grad():
         for name in names:
-            ref.get_submodule(name).weight.copy_(Q.dequantized_linear4bit_weight(qmodel.get_submodule(name)))
+            ref.get_submodule(name).weight.copy_(QM.dequantized_linear4bit_weight(qmodel.get_submodule(name)))
     qpeft = L.peft_lora(qmodel, targets, r=8, alpha=8)
     rpeft = L.peft_lora(ref, targets, r=8, alpha=8)
     g = torch.Generator().manual_seed(1)

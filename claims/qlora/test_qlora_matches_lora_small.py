@@ -4,14 +4,14 @@ Lab notebook. QLoRA's central empirical claim (§4, Tables 3–4): finetuning Lo
 an NF4 + double-quantised frozen model matches 16-bit LoRA and 16-bit full finetuning — e.g. mean
 5-shot MMLU 53.1 (NF4 + DQ) vs 53.0 (BFloat16) over LLaMA 7–65B.
 
-Small-model version (labcore.finetune): the 2-layer pretrained base, LoRA r = 8, α = 8 on *all*
+Small-model version (labcore.finetuning.recipes): the 2-layer pretrained base, LoRA r = 8, α = 8 on *all*
 linear layers (QLoRA's recipe), 100 steps on task B, the same batches, learning rate LORA_LR:
 
 * **fp32 LoRA**: the base in fp32, reference LoRALinear;
 * **QLoRA (fake NF4)**: the base's linear weights replaced by their NF4 + DQ round trip (what the
   4-bit forward pass computes: bitsandbytes dequantises before the matmul), reference LoRALinear;
 * **QLoRA (bitsandbytes)**: real ``Linear4bit`` layers (NF4, DQ, fp32 compute) with peft's 4-bit
-  LoRA, guarded against the CPU repacking pitfall (labcore.quant.guard_linear4bit_cpu).
+  LoRA, guarded against the CPU repacking pitfall (labcore.finetuning.quant.guard_linear4bit_cpu).
 
 The two QLoRA variants hold the same frozen weights (fake quantisation reproduces bitsandbytes'
 dequantised NF4 + DQ weights up to one step of the 8-bit constants; recorded) but different LoRA
@@ -24,9 +24,10 @@ frozen weights of the two QLoRA variants differ by ≤ 0.9 % of a matrix's large
 import matplotlib.pyplot as plt
 import pytest
 
-from labcore import quant as Q
-from labcore.claims import Claim, Source
-from labcore.finetune import FinetuneRecipe
+
+from labcore.finetuning import quantized as QM
+from labcore.notebook.claims import Claim, Source
+from labcore.finetuning.recipes import FinetuneRecipe
 
 #: Seed-to-seed std (seeds 0–4) of the paired difference L(QLoRA) − L(fp32 LoRA) (nats).
 SIGMA = 0.00105
@@ -65,7 +66,7 @@ RECIPES = {
 
 
 def test_4bit_base_plus_lora_matches_fp32_base_plus_lora(lab, finetune_lab):
-    names = [n for n in RECIPES if "bnb" not in n or Q.bnb_available()]
+    names = [n for n in RECIPES if "bnb" not in n or QM.bnb_available()]
     runs = {n: finetune_lab.run(RECIPES[n]) for n in names}
     ref = runs["fp32 LoRA"].final["B"]
     base = finetune_lab.base_loss("B")

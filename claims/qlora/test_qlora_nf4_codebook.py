@@ -8,7 +8,7 @@ negative values, 0, and 8 positive values. Appendix E lists the 16 numbers; bits
 the same table (``get_4bit_type('nf4')``, built by ``create_normal_map`` with offset
 0.9677083 = ½[(1 − 1/30) + (1 − 1/32)]).
 
-We rebuild the code from scipy's ``norm.ppf`` (labcore.quant.nf4_codebook) and compare it with
+We rebuild the code from scipy's ``norm.ppf`` (labcore.finetuning.quant.nf4_codebook) and compare it with
 the appendix and with bitsandbytes. Control: the naive *symmetric* 16-quantile code — the
 quantiles at the centres of 16 equal-probability bins, with no special zero — misses the table
 by ≥ 0.01 and has no zero, so the comparison can tell the two constructions apart.
@@ -19,8 +19,10 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from labcore import quant as Q
-from labcore.claims import Claim, Source
+from labcore.finetuning import quant as Q
+
+from labcore.finetuning import quantized as QM
+from labcore.notebook.claims import Claim, Source
 
 NF4_APPENDIX_E = [
     -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -64,7 +66,7 @@ def _symmetric_quantile_code():
 
 def test_nf4_codebook_is_the_papers(lab):
     ours = Q.nf4_codebook()
-    bnb_table = Q.bnb_nf4_codebook() if Q.bnb_available() else None
+    bnb_table = QM.bnb_nf4_codebook() if QM.bnb_available() else None
     paper = torch.tensor(NF4_APPENDIX_E, dtype=torch.float64)
     err = float((ours.double() - paper).abs().max())
     offset = 0.5 * ((1 - 1 / (2 * 15)) + (1 - 1 / (2 * 16)))

@@ -4,7 +4,7 @@ Lab notebook. QLoRA Table 2 quantises OPT, BLOOM, LLaMA and Pythia (125M–13B) 
 without any fine-tuning, and reports mean Pile Common Crawl perplexity: Int4 34.34, FP4 (E2M1)
 31.07, FP4 (E3M0) 29.48, NF4 + DQ 27.41 — NF4 best, Int4 worst.
 
-Here: the small pretrained base of labcore.finetune (2 layers, d_model 64, 98k linear weights,
+Here: the small pretrained base of labcore.finetuning.recipes (2 layers, d_model 64, 98k linear weights,
 trained 800 steps on the two-domain Markov language). Every linear weight is fake-quantised
 (quantise → dequantise, block 64, double quantisation; the tied embedding stays fp32) with NF4,
 FP4 (bitsandbytes' E2M1 map) and Int4; the metric is the increase ΔCE of the expected
@@ -30,9 +30,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labcore import quant as Q
-from labcore.claims import Claim, Source
-from labcore.finetune import expected_loss
+
+from labcore.finetuning import quantized as QM
+from labcore.notebook.claims import Claim, Source
+from labcore.tasks.markov_domains import expected_loss
 
 KINDS = ("nf4", "fp4", "int4")
 
@@ -104,7 +105,7 @@ def ptq(finetune_lab):
     for kind in KINDS:
         for dq in (True, False):
             model = copy.deepcopy(base)
-            Q.fake_quantize_model(model, kind, double_quant=dq)
+            QM.fake_quantize_model(model, kind, double_quant=dq)
             key = kind + ("+dq" if dq else "")
             out["delta"][key] = _loss(model, sets) - ce
             if dq:

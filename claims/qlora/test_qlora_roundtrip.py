@@ -9,7 +9,7 @@ multiplies back. Three laws follow from that recipe, whatever the codebook:
 * **exact zeros stay zero** (NF4, FP4 and Int4 all contain 0 — the reason NF4 is asymmetric);
 * **error bound**: |w − ŵ| ≤ absmax_block · (largest half-gap of the codebook).
 
-Checked on the linear weights of the small pretrained base (labcore.finetune; 12 matrices,
+Checked on the linear weights of the small pretrained base (labcore.finetuning.recipes; 12 matrices,
 ≈ 98k weights) and on N(0,1) blocks, for NF4, FP4 and Int4; then the same for the double-quantised
 NF4 codes, and our round trip against bitsandbytes' quantize_4bit/dequantize_4bit (NF4 and FP4,
 no DQ: bit for bit). Control for "the error is small": the bound is nearly attained (the worst
@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from labcore import quant as Q
-from labcore.claims import Claim, Source
+from labcore.finetuning import quant as Q
+
+from labcore.finetuning import quantized as QM
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="qlora_roundtrip",
@@ -90,8 +92,8 @@ def test_roundtrip_laws_on_pretrained_and_gaussian_weights(lab, finetune_lab, ki
         qd = Q.quantize_blockwise(w, "nf4", 64, double_quant=True)
         dq_idempotent = torch.equal(Q.quantize_blockwise(Q.dequantize(qd), "nf4", 64, double_quant=True).codes, qd.codes)
     bnb_diff = None
-    if kind in ("nf4", "fp4") and Q.bnb_available():
-        bnb_diff = max(float((Q.dequantize(Q.quantize_blockwise(w, kind, 64)) - Q.bnb_roundtrip(w, kind)).abs().max())
+    if kind in ("nf4", "fp4") and QM.bnb_available():
+        bnb_diff = max(float((Q.dequantize(Q.quantize_blockwise(w, kind, 64)) - QM.bnb_roundtrip(w, kind)).abs().max())
                        for w in tensors.values())
     lab.record(
         kind=kind, idempotent=idempotent, zeros_preserved=zeros_ok, n_exact_zeros=n_zeros,

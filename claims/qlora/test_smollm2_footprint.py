@@ -9,7 +9,7 @@ layer, so counted once) and the RMSNorm weights — 21 % of SmolLM2's 134.5 M pa
 why the whole model shrinks far less than 8× (fp32 → 4 bit). Big models are the other way round
 (the embedding of a 7B Llama is 2 % of it), which is where "4-bit" reaches ~4× over 16-bit.
 
-Method: ``labcore.quant.model_footprint_bytes`` counts parameters, buffers and bitsandbytes'
+Method: ``labcore.finetuning.quant.model_footprint_bytes`` counts parameters, buffers and bitsandbytes'
 quantisation state (packed codes, uint8 absmax, the nested fp32 constants, code tables), tied
 tensors once. Variants: fp32 (as loaded), bf16 (``.to(torch.bfloat16)``), NF4+DQ with the rest
 in fp32 (``quantize_model_4bit``: every block's linear layer becomes a bitsandbytes
@@ -34,7 +34,7 @@ import pytest
 import torch
 from torch import nn
 
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="qlora_smollm2_footprint",
@@ -79,7 +79,7 @@ def _linear4bit_bytes(model: nn.Module) -> dict[str, int]:
     fixed per-layer tables (the 16-value 4-bit code, the 256-value 8-bit code, the offset)."""
     import bitsandbytes as bnb
 
-    from labcore.quant import model_footprint_bytes
+    from labcore.finetuning.quantized import model_footprint_bytes
 
     total = scaling = n = layers = 0
     for module in model.modules():
@@ -98,8 +98,8 @@ def _linear4bit_bytes(model: nn.Module) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def footprints():
-    from labcore.quant import default_quant_filter, model_footprint_bytes, quantize_model_4bit
-    from labcore.smollm2_lab import pristine_smollm2
+    from labcore.finetuning.quantized import default_quant_filter, model_footprint_bytes, quantize_model_4bit
+    from labcore.pretrained.smollm2 import pristine_smollm2
 
     base, _, load_seconds = pristine_smollm2()
     n_total = sum(p.numel() for p in base.parameters())  # tied embedding counted once

@@ -12,7 +12,7 @@ Setup (sized to ~1–1.5 min on one shared CPU core):
 * adapters: peft LoRA r=8, α=16 on every linear layer (q, k, v, o, gate, up, down) of the **top 4
   blocks only**, the same initial A, B in both arms (same seed; checked) and the same batches.
   The bottom 26 blocks are frozen in both arms, so their output for the 24 training windows is
-  computed once per base (``labcore.smollm2_lab``); a step then costs 4 blocks + the output layer
+  computed once per base (``labcore.pretrained.topk``); a step then costs 4 blocks + the output layer
   (~0.7 s for 4×32 tokens instead of ~2.6 s through the whole model). QLoRA adapts all blocks:
   this is the deviation that makes the experiment fit, and it is the first suspect if the 4-bit
   arm cannot catch up (the bottom 26 blocks' quantisation error is never trained against).
@@ -44,7 +44,7 @@ import numpy as np
 import pytest
 import torch
 
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="qlora_smollm2_matches_lora",
@@ -86,11 +86,12 @@ TOLERANCE = 2 * SIGMA_SEED
 
 @pytest.fixture(scope="module")
 def arms(lab_seed):
-    from labcore.corpus import load_domain
-    from labcore.lora import peft_lora
-    from labcore.quant import quantize_model_4bit
-    from labcore.smollm2_lab import CachedWindows, decoder_layers, embeds_lm_loss, eval_cached, keep_top_layers, pristine_smollm2
-    from labcore.trainer import TrainConfig, train
+    from labcore.pretrained.corpus import load_domain
+    from labcore.finetuning.lora import peft_lora
+    from labcore.finetuning.quantized import quantize_model_4bit
+    from labcore.pretrained.smollm2 import pristine_smollm2
+    from labcore.pretrained.topk import CachedWindows, decoder_layers, embeds_lm_loss, eval_cached, keep_top_layers
+    from labcore.training.trainer import TrainConfig, train
 
     base, tokenizer, load_seconds = pristine_smollm2()
     code = load_domain("code", tokenizer)

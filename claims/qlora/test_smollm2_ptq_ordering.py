@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 
-from labcore.claims import Claim, Source
+from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
     id="qlora_smollm2_ptq_ordering",
@@ -90,9 +90,9 @@ SEQ_LEN = 128
 @pytest.fixture(scope="module")
 def ptq():
     """Per-token losses of every data type on both domains (one model load, one pass per type)."""
-    from labcore.corpus import load_domain, token_losses
-    from labcore.quant import fake_quantize_model, quantize_model_4bit
-    from labcore.smollm2_lab import pristine_smollm2
+    from labcore.pretrained.corpus import load_domain, token_losses
+    from labcore.finetuning.quantized import fake_quantize_model, quantize_model_4bit
+    from labcore.pretrained.smollm2 import pristine_smollm2
 
     base, tokenizer, load_seconds = pristine_smollm2()
     windows = {d: load_domain(d, tokenizer).eval_blocks(SEQ_LEN) for d in DOMAINS}

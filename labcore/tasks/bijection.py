@@ -199,7 +199,7 @@ def analytic_entropy_bits(V: int, L: int) -> torch.Tensor:
 
 
 def batch_fn(task: BijectionTask, batch_size: int) -> Callable[[int, torch.Generator], tuple]:
-    """Adapter for ``labcore.trainer.train``: (step, generator) -> (tokens, targets).
+    """Adapter for ``labcore.training.trainer.train``: (step, generator) -> (tokens, targets).
 
     The step is ignored: every step draws fresh bijections from the trainer's generator.
     """

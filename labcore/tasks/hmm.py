@@ -283,7 +283,7 @@ def soft_label_ce(state_logits: torch.Tensor, posterior: torch.Tensor) -> torch.
 
 def batch_fn(task: HMMTask, batch_size: int,
              K: int | None = None) -> Callable[[int, torch.Generator], dict]:
-    """Adapter for ``labcore.trainer.train``: (step, generator) -> dict of the HMMBatch fields
+    """Adapter for ``labcore.training.trainer.train``: (step, generator) -> dict of the HMMBatch fields
     (fresh HMMs every step; a dict so that the trainer moves it to the model's device). Pair it
     with a loss_fn that reads the state head at ``batch["obs_positions"]`` and calls
     :func:`soft_label_ce` against ``batch["posterior"]``."""

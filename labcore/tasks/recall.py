@@ -125,5 +125,5 @@ def recall_accuracy(logits: torch.Tensor, batch: RecallBatch) -> float:
 
 
 def batch_fn(task: RecallTask, batch_size: int) -> Callable[[int, torch.Generator], tuple]:
-    """Adapter for ``labcore.trainer.train``: (step, generator) -> (tokens, targets)."""
+    """Adapter for ``labcore.training.trainer.train``: (step, generator) -> (tokens, targets)."""
     return token_batches(task, RecallTask, batch_size)

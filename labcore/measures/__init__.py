@@ -1,0 +1,6 @@
+"""What claims measure.
+
+``attention_math`` (Var(q·k), softmax Jacobian, PE rotations), ``posterior`` (calibration against
+exact posteriors), ``probes`` (key geometry, PCA, linear probes, logit lens, ablation hooks),
+``subspace`` (φ subspace similarity, ΔW vs W), ``routing`` (the routing law of attention gradients).
+"""

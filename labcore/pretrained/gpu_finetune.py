@@ -1,0 +1,107 @@
+"""Measure a short (Q)LoRA fine-tuning run of a large model on a GPU: memory, speed, loss.
+
+The GPU-tier claims (peft + bitsandbytes, and unsloth) load a local 7B-class checkpoint their own
+way, then hand the model here: the same corpus windows, optimiser, timing and memory accounting
+for both, so their figures can be compared line by line.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FinetuneMeasurement:
+    n_params: int  # parameters as stored unpacked (a 4-bit byte holds two)
+    losses: list[float] = field(default_factory=list)  # per step, nats/token
+    step_seconds: list[float] = field(default_factory=list)
+    peak_bytes: int = 0  # torch.cuda.max_memory_allocated over loading and training
+    tokens_per_s: float = float("nan")  # after 5 warm-up steps
+    warmup_steps: int = 5
+
+    @property
+    def bf16_bytes(self) -> int:
+        """What the same weights take in bf16: the control the 4-bit peak must stay well under."""
+        return 2 * self.n_params
+
+    @property
+    def loss_first(self) -> float:
+        return float(np.mean(self.losses[: self.warmup_steps]))
+
+    @property
+    def loss_last(self) -> float:
+        return float(np.mean(self.losses[-self.warmup_steps :]))
+
+    def as_record(self) -> dict:
+        out = asdict(self)
+        out.update(bf16_weight_GB=self.bf16_bytes / 1e9, peak_training_GB=self.peak_bytes / 1e9,
+                   peak_over_bf16=self.peak_bytes / self.bf16_bytes, loss_first5=self.loss_first,
+                   loss_last5=self.loss_last)
+        return out
+
+
+def unpacked_param_count(model) -> int:
+    """bitsandbytes' Params4bit stores two 4-bit weights per uint8 element."""
+    import torch
+
+    return sum(p.numel() * (2 if p.dtype == torch.uint8 else 1) for p in model.parameters())
+
+
+def measure_lora_finetune(model, tokenizer, *, steps: int, batch: int, seq: int, lr: float, seed: int) -> FinetuneMeasurement:
+    """Train the model's trainable (LoRA) parameters for `steps` AdamW steps on corpus windows."""
+    import torch
+
+    from labcore.pretrained.corpus import causal_lm_loss, load_text, random_windows
+
+    measurement = FinetuneMeasurement(n_params=unpacked_param_count(model))
+    text = load_text("code") + "\n\n" + load_text("prose")
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        windows = random_windows(ids, seq, batch, generator).to("cuda")
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = causal_lm_loss(model, (windows, windows))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        torch.cuda.synchronize()
+        measurement.step_seconds.append(time.perf_counter() - start)
+        measurement.losses.append(float(loss))
+    measurement.peak_bytes = torch.cuda.max_memory_allocated()
+    timed = measurement.step_seconds[measurement.warmup_steps :]
+    measurement.tokens_per_s = batch * seq * len(timed) / sum(timed)
+    return measurement
+
+
+def load_then_finetune(load, adapt, *, steps: int, batch: int, seq: int, lr: float,
+                       seed: int) -> tuple[FinetuneMeasurement, dict]:
+    """``load() -> (model, tokenizer)`` (timed, peak memory after it), ``adapt(model) -> model``
+    with LoRA attached, then :func:`measure_lora_finetune`. Returns (measurement, loading facts:
+    load_seconds, peak_after_load_GB, gpu)."""
+    import torch
+
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    model, tokenizer = load()
+    loading = {"load_seconds": time.perf_counter() - start,
+               "peak_after_load_GB": torch.cuda.max_memory_allocated() / 1e9,
+               "gpu": torch.cuda.get_device_name(0)}
+    run = measure_lora_finetune(adapt(model), tokenizer, steps=steps, batch=batch, seq=seq, lr=lr, seed=seed)
+    return run, loading
+
+
+def plot_loss(measurement: FinetuneMeasurement, title: str):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.plot(np.arange(1, len(measurement.losses) + 1), measurement.losses)
+    ax.set(xlabel="step", ylabel="loss (nats/token)",
+           title=f"{title}: peak {measurement.peak_bytes / 1e9:.1f} GB, {measurement.tokens_per_s:.0f} tok/s")
+    fig.tight_layout()
+    return fig
