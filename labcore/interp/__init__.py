@@ -1,0 +1,24 @@
+"""Interpretability instruments on the glass-box hook names (docs/hooks.md, docs/interp.md).
+
+Everything here talks to a model through ``run_with_cache`` and ``hooks`` only (plus the final
+norm and unembedding for readouts), so it works on ``labcore.glassbox.model.GPT`` and on
+transformers models wrapped in ``labcore.glassbox.hf.HookedHF`` alike. Results are
+``readout.Labelled`` tensors: ``.values`` with named ``.axes``. Each module is unit-tested against
+a brute-force computation in ``tests/test_interp.py``.
+
+=============  ===================================================================================
+readout        shared plumbing: ``Labelled``, hook-name expansion, final norm with frozen scale,
+               unembedding, KL
+patching       activation patching (clean → corrupted, per layer × position × head) and
+               attribution patching (first-order gradient estimate of the same)
+attribution    residual decomposition, direct logit attribution per part and per head,
+               accumulated residual stream
+lenses         logit lens and tuned lens (Belrose et al. 2023), KL to the final distribution
+heads          previous-token, duplicate-token, induction and attention-sink scores
+probing        linear probes with control tasks and selectivity (Hewitt & Liang 2019)
+diffing        attention-pattern JS/KL per head, linear CKA of residuals (Kornblith et al. 2019),
+               output KL
+=============  ===================================================================================
+
+This package is science: it never imports ``labcore.notebook``.
+"""
