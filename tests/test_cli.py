@@ -20,7 +20,8 @@ from labcore.notebook.history import append_record, read_history
 # --- help --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["new"], ["log"], ["report"], ["calibrate"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["new"], ["log"], ["report"], ["calibrate"], ["scoreboard"],
+                                     ["predictions"], ["ask"], ["answer"], ["questions"]])
 def test_every_command_has_help_with_examples(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([*command, "--help"])
@@ -121,7 +122,7 @@ def test_log_shows_the_latest_verdict_per_claim(history: Path, capsys: pytest.Ca
     assert main(["log"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split() == ["claim", "paper", "verdict", "tests", "last", "run", "measured"]
+    assert lines[0].split() == ["claim", "paper", "verdict", "status", "tests", "last", "run", "measured"]
     claim_a = next(line for line in lines if line.startswith("claim_a"))
     assert "passed" in claim_a and "2 passed" in claim_a and "2026-01-02 09:00" in claim_a
     assert "rel_err=0.01..0.03" in claim_a
@@ -177,15 +178,15 @@ def test_report_writes_markdown_with_plots_and_history(history: Path, isolated_r
     assert "history.jsonl line 3 is truncated or malformed (skipped)" in text
 
 
-def test_report_elsewhere_in_html_links_plots_relatively(
+def test_report_elsewhere_links_plots_relatively_in_markdown_and_embeds_them_in_html(
     history: Path, isolated_results: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "site"
     assert main(["report", "--out", str(out), "--format", "both"]) == 0
     html = (out / "report.html").read_text()
-    assert (out / "report.md").exists()
     relative = Path(__import__("os").path.relpath(isolated_results / "claim_a" / "curve.png", out)).as_posix()
-    assert f"src='{relative}'" in html
+    assert f"![curve]({relative})" in (out / "report.md").read_text()
+    assert "src='data:image/png;base64,iVBORw==" in html and relative not in html  # one self-contained file
     assert "<h3>claim_a — <span class='verdict' style='color:#1a7f37'>held</span></h3>" in html
 
 
@@ -387,3 +388,89 @@ def test_new_paper_on_a_fresh_copy_needs_no_code_edit(
     assert main(["new", "newpaper/second_claim", "--title", "ignored"]) == 0
     assert main(["new", "newpaper/third_claim", "--arxiv", "2301.99999"]) == 2
     assert "paper 'newpaper' is arXiv 2301.00001, not 2301.99999" in capsys.readouterr().err
+
+
+# --- honest calibration: "does not hold", the code hash, lab calibrate --check -------------------
+
+WRONG_BODY = """
+def test_wrong(lab):
+    lab.record(err=0.1 + 0.01 * lab.seed)
+    assert 0.1 + 0.01 * lab.seed <= 0.05, "the prediction was wrong"
+"""
+
+
+def test_a_claim_that_never_passes_does_not_hold_and_gets_no_bound(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from labcore.notebook.calibration_check import HASH_FIELD, claim_source_sha256
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    project = make_project(tmp_path / "project", "wrong_claim", WRONG_BODY)
+    printed: list[str] = []
+    assert calibrate("wrong_claim", seeds=2, out_dir=tmp_path / "cal", cwd=project, echo=printed.append) == 0
+    text = "\n".join(printed)
+    assert "does not hold (no bound suggested)" in text and "FLAKY" not in text
+    table = json.loads((tmp_path / "cal" / "wrong_claim.json").read_text())
+    stats = table["tests"]["claims/attention/test_wrong_claim.py::test_wrong"]["measured"]["err"]
+    assert stats["suggested_upper"] is None and stats["suggested_lower"] is None and stats["median"] > 0.1
+    assert table[HASH_FIELD] == claim_source_sha256(project / "claims" / "attention" / "test_wrong_claim.py")
+
+
+def _checked_project(tmp_path: Path, table: dict[str, Any] | None, body: str = "def test_a(lab):\n    pass\n",
+                     **claim: str) -> Path:
+    root = tmp_path / "checked"
+    (root / "claims" / "attention").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    extra = "".join(f"    {k}={v!r},\n" for k, v in claim.items())
+    (root / "claims" / "attention" / "test_c.py").write_text(
+        'from labcore.notebook.claims import Claim\nCLAIM = Claim(\n    id="c",\n' + extra + ")\n" + body)
+    if table is not None:
+        (root / "fixtures").mkdir()
+        (root / "fixtures" / "c.json").write_text(json.dumps(table))
+    return root
+
+
+def test_calibrate_check_states(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from labcore.notebook.calibration_check import HASH_FIELD, check_calibrations, claim_source_sha256
+
+    root = _checked_project(tmp_path, {"date": "2026-01-01", "seeds": [0, 1]}, calibration="fixtures/c.json")
+    monkeypatch.chdir(root)
+    assert main(["calibrate", "--check"]) == 0
+    assert "1 unverified" in capsys.readouterr().out  # written before tables stored a hash: listed, not failed
+    path = root / "claims" / "attention" / "test_c.py"
+    table = {"date": "2026-01-01", "seeds": [0], HASH_FIELD: claim_source_sha256(path)}
+    (root / "fixtures" / "c.json").write_text(json.dumps(table))
+    assert check_calibrations(root)[0] == 0
+    # prose, comments and the CLAIM record may change; the code may not
+    path.write_text(path.read_text().replace('id="c",', 'id="c",  # a comment\n    statement="edited",') + "# note\n")
+    assert check_calibrations(root) == (0, "calibration tables: 1 ok")
+    path.write_text(path.read_text().replace("pass", "assert True"))
+    assert main(["calibrate", "--check"]) == 1
+    assert "stale" in capsys.readouterr().out
+    (root / "fixtures" / "c.json").unlink()
+    code, text = check_calibrations(root)
+    assert code == 1 and "missing" in text
+
+
+def test_a_confirmed_claim_needs_fresh_seeds_all_passing(tmp_path: Path) -> None:
+    from labcore.notebook.calibration_check import check_calibrations
+
+    table = {"seeds": [0, 1, 2], "tests": {"t": {"pass_rate": 1.0}}}
+    root = _checked_project(tmp_path, table, calibration="fixtures/c.json", status="confirmed")
+    code, text = check_calibrations(root)
+    assert code == 1 and "seeds are not all fresh" in text
+    (root / "fixtures" / "c.json").write_text(json.dumps({"seeds": [100, 101], "tests": {"t": {"pass_rate": 0.5}}}))
+    assert "did not pass on every fresh seed" in check_calibrations(root)[1]
+
+
+def test_calibrate_without_a_marker_or_seeds_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", "quick"]) == 2
+    assert "give a CLAIM_OR_MARKER and --seeds N" in capsys.readouterr().err
+
+
+def test_lab_log_shows_each_claims_status(isolated_results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    append_record(isolated_results / "history.jsonl",
+                  make_record("c_conf", "t", "passed", "2026-01-01T10:00:00+00:00", "r1", status="confirmed"))
+    append_record(isolated_results / "history.jsonl", make_record("c_old", "t", "passed", "2026-01-01T10:00:00+00:00", "r1"))
+    assert main(["log"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^c_conf\s+attention\s+held\s+confirmed", out, re.MULTILINE)
+    assert re.search(r"^c_old\s+attention\s+held\s+exploratory", out, re.MULTILINE)  # records before the field

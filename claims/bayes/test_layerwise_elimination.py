@@ -75,6 +75,12 @@ def test_logit_lens_kl_decreases_with_depth(lab, bijection_run):
     qpos = task.query_positions.tolist()
     align = qk_alignment_by_prefix(cache, qpos, qpos)              # (layers, L): query vs earlier keys
 
+    seq = batch.tokens[0]                                          # attention for the report's viewer
+    for snap, m in (("before", run.snapshots[0]), ("after", model)):
+        _, pc = m.run_with_cache(seq[None], names_filter=lambda n: n.endswith("hook_pattern"))
+        lab.save_attention([f"k{t}" if t < task.V else f"v{t - task.V}" for t in seq.tolist()],
+                           torch.stack([pc[f"blocks.{l}.attn.hook_pattern"][0] for l in range(model.cfg.n_layers)]), snap)
+
     lab.record(readouts=names, kl_bayes_to_layer=kl, kl_layer_to_bayes=kl_rev, eliminated_mass_per_layer=em,
                qk_alignment=np.nan_to_num(align, nan=0.0).tolist(), model_kl=run.report.kl_bits)
 

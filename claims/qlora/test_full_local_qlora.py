@@ -24,6 +24,7 @@ import math
 import pytest
 
 from labcore.notebook.claims import Claim, Source
+from labcore.notebook.hardware import needs
 
 CLAIM = Claim(
     id="qlora_full_local_checkpoint",
@@ -50,6 +51,7 @@ CLAIM = Claim(
     ),
     tier="full",
     tags=("gpu",),
+    needs=needs("qlora_full_local_checkpoint"),  # estimate from the formulas in labcore/notebook/hardware.py
 )
 
 STEPS, BATCH, SEQ, LR, RANK, ALPHA = 50, 4, 256, 2e-4, 16, 32

@@ -7,6 +7,10 @@ folder), collects every numeric measured value per test, and writes
 ``fixtures/calibration/<claim>.json`` with the distribution, suggested thresholds and each
 test's pass rate over seeds (a test that passes 17 times out of 20 is flaky, whatever its
 tolerance says). Claim files point at these tables with ``calibration=...``.
+
+A test that fails on every seed "does not hold": no threshold is suggested for it (a bound
+fitted to a wrong prediction's values would turn it into a pass). Each table stores a hash of
+the claim's code, which ``lab calibrate --check`` compares (``labcore.notebook.calibration_check``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from labcore.notebook.history import package_versions, read_history, utc_now_iso
 from labcore.files import CACHE_ENV, ResultsDirError, cache_dir, repo_root
 from labcore.files import atomic_write_text
 from labcore.notebook.log import format_table, is_number
+from labcore.notebook.calibration_check import HASH_DEFINITION, HASH_FIELD, check_command, claim_file_of, claim_source_sha256
+
+__all__ = ["calibrate", "check_command", "CalibrationError"]
 
 #: A test should pass at least this often over seeds; below it, its tolerance is too tight or
 #: the experiment too noisy.
@@ -173,12 +180,16 @@ def calibration_tables(records: Sequence[dict[str, Any]]) -> dict[str, dict[str,
             for record in test_records:
                 for key, value in flatten_numeric(record.get("measured") or {}).items():
                     values.setdefault(key, []).append(value)
+            rate = (ok / considered) if considered else None
+            stats = {key: numeric_stats(vals) for key, vals in values.items()}
+            if rate == 0:  # never passed: the claim does not hold; suggest no bound that would make it pass
+                stats = {key: {**s, "suggested_upper": None, "suggested_lower": None} for key, s in stats.items()}
             test_tables[test] = {
                 "params": test_records[-1].get("params", {}),
                 "runs": len(test_records),
                 "outcomes": dict(outcomes),
-                "pass_rate": (ok / considered) if considered else None,
-                "measured": {key: numeric_stats(vals) for key, vals in values.items()},
+                "pass_rate": rate,
+                "measured": stats,
             }
         first = next(iter(tests.values()))[0]
         tables[claim] = {
@@ -200,11 +211,14 @@ def machine_description() -> dict[str, Any]:
 
 
 def write_calibration_files(
-    tables: dict[str, dict[str, Any]], out_dir: Path, *, seeds: Sequence[int], command: str, pytest_cmd: str
+    tables: dict[str, dict[str, Any]], out_dir: Path, *, seeds: Sequence[int], command: str, pytest_cmd: str,
+    source_root: Path | None = None,
 ) -> list[Path]:
-    """One ``<claim>.json`` per claim in ``out_dir`` (atomic writes)."""
+    """One ``<claim>.json`` per claim in ``out_dir`` (atomic writes), with the hash of the claim
+    file's code (test node ids are relative to ``source_root``, where pytest ran)."""
     written = []
     for claim, table in tables.items():
+        claim_file = claim_file_of(table["tests"], source_root) if source_root else None
         document = {
             "claim": claim,
             "paper": table["paper"],
@@ -217,6 +231,8 @@ def write_calibration_files(
             "tolerance": table["tolerance"],
             "pass_rate_target": PASS_RATE_TARGET,
             "tests": table["tests"],
+            HASH_FIELD: claim_source_sha256(claim_file) if claim_file else None,
+            "claim_source_hash": HASH_DEFINITION,
         }
         written.append(atomic_write_text(out_dir / f"{claim}.json", json.dumps(document, indent=2) + "\n"))
     return written
@@ -231,11 +247,16 @@ def render_pass_rates(tables: dict[str, dict[str, Any]]) -> str:
     for claim, table in tables.items():
         for test, stats in table["tests"].items():
             rate = stats["pass_rate"]
-            verdict = "all skipped" if rate is None else ("ok" if rate >= PASS_RATE_TARGET else "FLAKY")
+            verdict = ("all skipped" if rate is None else "does not hold (no bound suggested)" if rate == 0
+                       else "ok" if rate >= PASS_RATE_TARGET else "FLAKY")
             outcomes = ", ".join(f"{n} {o}" for o, n in sorted(stats["outcomes"].items()))
             rows.append([claim, _short_test(test), stats["runs"], outcomes,
                          "—" if rate is None else f"{rate:.0%}", verdict])
     return format_table(["claim", "test", "runs", "outcomes", "pass rate", f"(target ≥ {PASS_RATE_TARGET:.0%})"], rows)
+
+
+def _bound(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
 
 
 def render_stats(tables: dict[str, dict[str, Any]]) -> str:
@@ -245,7 +266,7 @@ def render_stats(tables: dict[str, dict[str, Any]]) -> str:
             for key, s in stats["measured"].items():
                 rows.append([claim, _short_test(test), key, s["n"], f"{s['mean']:.4g}", f"{s['std']:.3g}",
                              f"{s['median']:.4g}", f"{s['p5']:.4g}", f"{s['p95']:.4g}",
-                             f"{s['suggested_upper']:.4g}", f"{s['suggested_lower']:.4g}"])
+                             _bound(s["suggested_upper"]), _bound(s["suggested_lower"])])
     if not rows:
         return "No numeric measured values (use lab.record(name=value) in the tests)."
     return format_table(
@@ -288,7 +309,8 @@ def calibrate(
     echo("")
     echo(render_stats(tables))
     pytest_cmd = portable_command(pytest_command(marker, seed_list[0], Path("<tmp>"), extra_args), seed_list[0])
-    written = write_calibration_files(tables, out_dir, seeds=seed_list, command=command, pytest_cmd=pytest_cmd)
+    written = write_calibration_files(tables, out_dir, seeds=seed_list, command=command, pytest_cmd=pytest_cmd,
+                                      source_root=cwd)
     echo("")
     for path in written:
         echo(f"wrote {path}")

@@ -20,6 +20,7 @@ from typing import Any
 
 from labcore.files import repo_root
 from labcore.notebook.papers import paper_arxiv, paper_titles
+from labcore.notebook.predictions import Prediction
 
 class _PaperView(Mapping[str, Any]):
     """A read-only, always-current view of the paper registry (``labcore.notebook.papers``):
@@ -55,6 +56,16 @@ TIERS: tuple[str, ...] = ("quick", "full")
 
 #: What a claim needs beyond the CPU venv: ``gpu`` (CUDA), ``real_model`` (the SmolLM2 wheel).
 TAGS: tuple[str, ...] = ("gpu", "real_model")
+
+#: How far a claim is established. ``exploratory`` (the default): its tolerance or prediction may
+#: have been chosen after seeing data (seeds 0–99 are the exploration seeds). ``confirmed``: it
+#: passed on fresh seeds never used to choose anything — a calibration table over seeds >= 100
+#: (``lab calibrate <claim> --seeds 5 --start 100``) with every test passing; ``lab calibrate
+#: --check`` verifies that.
+STATUSES: tuple[str, ...] = ("exploratory", "confirmed")
+FRESH_SEED_START = 100
+
+_QUESTION_ID = re.compile(r"^Q[1-9]\d*$")
 
 #: Marker names a claim id may not take, because pytest or the lab already gives them a meaning.
 RESERVED_MARKERS: frozenset[str] = frozenset(
@@ -133,6 +144,11 @@ class Claim:
     tier: str
     tags: tuple[str, ...] = field(default=())
     calibration: str | None = None
+    #: what a ``full`` claim needs, shown in its skip message, e.g. "~6 GB, ~3 min on an RTX 5060 Ti"
+    needs: str = ""
+    predictions: tuple[Prediction, ...] = field(default=())
+    status: str = "exploratory"
+    answers: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id.isidentifier() or keyword.iskeyword(self.id):
@@ -179,6 +195,9 @@ class Claim:
             raise ClaimError(f"{owner}: tier {self.tier!r} is unknown; use one of {_one_of(TIERS)}")
         self._validate_tags(owner)
         self._validate_calibration(owner)
+        self._validate_learning(owner)
+        if not isinstance(self.needs, str):
+            raise ClaimError(f"{owner}: needs must be text such as '~6 GB, ~3 min on an RTX 5060 Ti 16 GB'")
 
     def _validate_tags(self, owner: str) -> None:
         if isinstance(self.tags, str) or not isinstance(self.tags, (tuple, list)):
@@ -201,10 +220,35 @@ class Claim:
                 f"'lab calibrate {self.id} --seeds 20' or set calibration=None"
             )
 
+    def _validate_learning(self, owner: str) -> None:
+        """predictions, status and answers (the learning fields, see ``lab scoreboard``)."""
+        if isinstance(self.predictions, Prediction) or not isinstance(self.predictions, (tuple, list)):
+            raise ClaimError(f"{owner}: predictions must be a tuple of Prediction(...), e.g. (Prediction('rel_err', '<=', 0.05, confidence=0.8),)")
+        for prediction in self.predictions:
+            if not isinstance(prediction, Prediction):
+                raise ClaimError(f"{owner}: predictions holds a {type(prediction).__name__}; write Prediction(key, '<=', value, confidence=0.7)")
+        keys = [(p.measured_key, p.comparator) for p in self.predictions]
+        if len(set(keys)) != len(keys):
+            raise ClaimError(f"{owner}: two predictions compare the same measured_key the same way; keep one")
+        object.__setattr__(self, "predictions", tuple(self.predictions))
+        if self.status not in STATUSES:
+            raise ClaimError(f"{owner}: status {self.status!r} is unknown; use one of {_one_of(STATUSES)}")
+        if self.status == "confirmed" and self.calibration is None:
+            raise ClaimError(f"{owner}: status 'confirmed' needs a calibration table over fresh seeds "
+                             f"(lab calibrate {self.id} --seeds 5 --start {FRESH_SEED_START}); else status='exploratory'")
+        if isinstance(self.answers, str) or not isinstance(self.answers, (tuple, list)):
+            raise ClaimError(f"{owner}: answers must be a tuple of question ids such as ('Q7',), not {self.answers!r}")
+        for question in self.answers:
+            if not isinstance(question, str) or not _QUESTION_ID.match(question):
+                raise ClaimError(f"{owner}: answers holds {question!r}; question ids look like 'Q7' (lab questions lists them)")
+        object.__setattr__(self, "answers", tuple(self.answers))
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able fields (source as a nested dict, tags as a list)."""
+        """Plain JSON-able fields (source as a nested dict, tags, answers and predictions as lists)."""
         data = asdict(self)
         data["tags"] = list(self.tags)
+        data["predictions"] = [prediction.to_dict() for prediction in self.predictions]
+        data["answers"] = list(self.answers)
         return data
 
 
@@ -243,6 +287,9 @@ class DeclaredClaim:
     path: Path
     tier: str | None = None
     statement: str | None = None
+    calibration: str | None = None
+    status: str | None = None
+    answers: tuple[str, ...] = ()
 
 
 def _literal_keyword(call: ast.Call, name: str) -> str | None:
@@ -250,6 +297,17 @@ def _literal_keyword(call: ast.Call, name: str) -> str | None:
         if kw.arg == name and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
             return kw.value.value
     return None
+
+
+def _literal_tuple(call: ast.Call, name: str) -> tuple[str, ...]:
+    for kw in call.keywords:
+        if kw.arg == name:
+            try:
+                value = ast.literal_eval(kw.value)
+            except (ValueError, TypeError, SyntaxError):
+                return ()
+            return tuple(str(v) for v in value) if isinstance(value, (tuple, list)) else ()
+    return ()
 
 
 def scan_claim_files(claims_dir: Path) -> list[DeclaredClaim]:
@@ -280,5 +338,8 @@ def scan_claim_files(claims_dir: Path) -> list[DeclaredClaim]:
                     claim_id, _literal_keyword(node.value, "paper"), path,
                     tier=_literal_keyword(node.value, "tier"),
                     statement=_literal_keyword(node.value, "statement"),
+                    calibration=_literal_keyword(node.value, "calibration"),
+                    status=_literal_keyword(node.value, "status") or "exploratory",
+                    answers=_literal_tuple(node.value, "answers"),
                 ))
     return found

@@ -7,7 +7,6 @@ pytest itself, so what ``lab`` does can always be done, and debugged, with plain
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import subprocess
@@ -16,8 +15,11 @@ import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from labcore.notebook.calibrate import CalibrationError, calibrate, child_env
+from labcore.notebook.calibrate import CalibrationError, calibrate, check_command, child_env
+from labcore.notebook.learning_cli import add_learning_commands
+from labcore.notebook.skeleton import DEFAULT_PREDICTION, DEFAULT_STATEMENT, render_skeleton
 from labcore.notebook.claims import PAPERS, RESERVED_MARKERS, Claim, ClaimError, Source, scan_claim_files
+from labcore.notebook.hardware import add_hardware_parser, print_hardware
 from labcore.notebook.history import read_history
 from labcore.files import RESULTS_ENV, ResultsDirError, atomic_write_text, history_path, results_dir
 from labcore.notebook.log import UnknownFilterError, check_log_filters, render_durations, render_log, render_run_summary
@@ -77,6 +79,7 @@ examples:
   lab calibrate aiayn_qk_variance --seeds 20
   lab calibrate quick --seeds 10 --flaky        pass rate per test only (target >= 95%)
   lab calibrate lora --seeds 5 -- -n 2          arguments after -- go to pytest
+  lab calibrate --check                         exit 1 if a claim's code changed after its table
 
 Each seed runs `python -m pytest -m <marker> --lab-seed <seed>` in a fresh process with a
 throw-away results folder; the statistics go to fixtures/calibration/<claim>.json. Point a claim at
@@ -106,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log(commands)
     _add_report(commands)
     _add_calibrate(commands)
+    add_learning_commands(commands)  # scoreboard, predictions, ask, answer, questions
+    _add_hardware(commands)
     return parser
 
 
@@ -175,19 +180,18 @@ def _add_calibrate(commands: argparse._SubParsersAction) -> None:
     calib = commands.add_parser(
         "calibrate", help="run claims over many seeds; write measured spreads and pass rates",
         formatter_class=_formatter,
-        usage="lab calibrate [-h] CLAIM_OR_MARKER --seeds N [--start S] [--out DIR] [--flaky] [-- PYTEST_ARGS]",
+        usage="lab calibrate [-h] CLAIM_OR_MARKER --seeds N [--start S] [--out DIR] [--flaky] [-- PYTEST_ARGS] | --check",
         description=_wrap("Run the claims selected by a marker once per seed and summarise each measured "
                           "value (mean, std, median, p5, p95, suggested thresholds) and each test's pass "
                           "rate."),
         epilog=CALIBRATE_EPILOG,
     )
-    calib.add_argument("marker", metavar="CLAIM_OR_MARKER", help="a claim id or any marker (paper, tier, tag)")
-    calib.add_argument("--seeds", type=int, required=True, metavar="N", help="how many seeds to run")
+    calib.add_argument("marker", nargs="?", metavar="CLAIM_OR_MARKER", help="a claim id or any marker (paper, tier, tag)")
+    calib.add_argument("--seeds", type=int, metavar="N", help="how many seeds to run")
+    calib.add_argument("--check", action="store_true", help="exit 1 if a table is stale (claim code changed) or missing")
     calib.add_argument("--start", type=int, default=0, metavar="S", help="first seed (default 0)")
-    calib.add_argument("--out", type=Path, metavar="DIR",
-                       help="folder for <claim>.json (default: <repo>/fixtures/calibration)")
-    calib.add_argument("--flaky", action="store_true",
-                       help="only print the pass-rate table (exit 1 if a test passes < 95%% of seeds)")
+    calib.add_argument("--out", type=Path, metavar="DIR", help="folder for <claim>.json (default: fixtures/calibration)")
+    calib.add_argument("--flaky", action="store_true", help="pass rates only (exit 1 if a test passes < 95%% of seeds)")
     # Arguments after "--" are split off in main() (argparse cannot put them after a positional).
     calib.set_defaults(handler=calibrate_command, pytest_args=[])
 
@@ -240,59 +244,6 @@ def _history_length() -> int:
 
 # --- lab new -------------------------------------------------------------------------------------
 
-CLAIM_TEMPLATE = '''\
-"""{title}: {claim_id}.
-
-Write here, in a few sentences, what the claim means and how this file tests it.
-"""
-
-import pytest  # noqa: F401  (parametrize, approx, ... when you write the experiment)
-
-from labcore.notebook.claims import Claim, Source
-
-CLAIM = Claim(
-    id={claim_id_literal},
-    paper={paper_literal},
-    statement={statement},
-    source=Source(
-        title={title_literal},
-        arxiv={arxiv},
-        version="v1",  # the arXiv version you read
-        where="write the section, table or figure, e.g. §3.2.1",
-    ),
-    paper_value="write the number or relation the paper reports",
-    prediction={prediction},
-    metric="write what is measured, over how many samples or seeds",
-    tolerance="write the pass threshold, e.g. ≤ 0.05",
-    tolerance_why="write why this threshold: a noise estimate, or lab calibrate {claim_id} --seeds 20",
-    tier={tier},
-    tags=(),  # ("gpu",) and/or ("real_model",) if the experiment needs them
-    calibration=None,  # or "fixtures/calibration/{claim_id}.json" after lab calibrate
-)
-
-
-def test_{claim_id}(lab):
-    # 1. The experiment: train or probe a model with lab.seed (and lab.device), e.g.
-    #    value = measure_something(seed=lab.seed)       # from labcore, never copied in here
-    value = None
-    if value is None:  # delete these two lines once `value` is measured
-        lab.not_yet_run("measure the metric, lab.record(...) it, then assert the tolerance")
-    # 2. Record what was measured: it goes to the learning log (lab log, lab report).
-    lab.record(value=value)
-    # lab.savefig(fig, "curve")                        # plots go to results/{claim_id}/
-    # 3. The pass rule written in CLAIM above, with the numbers in the message:
-    # assert value <= 0.05, f"value {{value:.3g}} is above the tolerance 0.05"
-'''
-
-DEFAULT_STATEMENT = "write the sentence from the paper, quoted"
-DEFAULT_PREDICTION = "write what you expect to measure, before running it"
-
-
-def _literal(text: str) -> str:
-    """A Python string literal for ``text`` (JSON string syntax is valid Python)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
 def _split_spec(spec: str) -> tuple[str, str]:
     paper, slash, claim_id = spec.partition("/")
     if not slash or not paper or not claim_id or "/" in claim_id:
@@ -342,11 +293,8 @@ def new_claim_file(
         raise UserError(f"{path} already exists; not overwriting it")
     if is_new:
         write_paper_files(claims_dir, paper, claim_id, title, arxiv)
-    text = CLAIM_TEMPLATE.format(
-        title=title, claim_id=claim_id, claim_id_literal=_literal(claim_id), paper_literal=_literal(paper),
-        statement=_literal(statement), title_literal=_literal(title), arxiv=_literal(arxiv),
-        prediction=_literal(prediction), tier=_literal(tier),
-    )
+    text = render_skeleton(claim_id=claim_id, paper=paper, statement=statement, title=title, arxiv=arxiv,
+                           prediction=prediction, tier=tier)
     return atomic_write_text(path, text)
 
 
@@ -403,12 +351,21 @@ def report_command(args: argparse.Namespace) -> int:
 
 
 def calibrate_command(args: argparse.Namespace) -> int:
+    if args.check or args.marker is None or args.seeds is None:
+        return check_command(args)  # --check, or a usage error (labcore.notebook.calibration_check)
     command = shlex.join(["lab", "calibrate", args.marker, "--seeds", str(args.seeds), "--start", str(args.start),
                           *(["--flaky"] if args.flaky else []), *(["--", *args.pytest_args] if args.pytest_args else [])])
-    return calibrate(
-        args.marker, seeds=args.seeds, start=args.start, out_dir=args.out, flaky_only=args.flaky,
-        extra_args=args.pytest_args, command=command,
-    )
+    return calibrate(args.marker, seeds=args.seeds, start=args.start, out_dir=args.out, flaky_only=args.flaky,
+                     extra_args=args.pytest_args, command=command)
+
+
+def _add_hardware(commands: argparse._SubParsersAction) -> None:
+    add_hardware_parser(commands, _formatter).set_defaults(handler=hardware_command)
+
+
+def hardware_command(args: argparse.Namespace) -> int:
+    _use_results(args.results)
+    return print_hardware(args)  # labcore.notebook.hardware
 
 
 # --- entry point ---------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Figures without a display.
 
-The lab runs headless (CI, SSH, xdist workers), so matplotlib is switched to the Agg backend
-on import. ``atomic_savefig`` writes through ``labcore.files`` (a temp file moved into place),
-so a run killed mid-save never leaves a truncated PNG.
+The lab runs headless under pytest (CI, SSH, xdist workers): the pytest plugin sets
+``MPLBACKEND=Agg`` before any claim imports matplotlib. Importing this module (or any labcore
+module) never switches the backend, so inline plots keep working in Jupyter; without a display
+matplotlib falls back to Agg by itself. ``atomic_savefig`` writes through ``labcore.files`` (a
+temp file moved into place), so a run killed mid-save never leaves a truncated PNG.
 """
 
 from __future__ import annotations
@@ -10,11 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import matplotlib
-
 from labcore.files import write_atomically
-
-matplotlib.use("Agg")
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

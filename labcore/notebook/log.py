@@ -133,6 +133,12 @@ def outcome_of(record: Record) -> str:
     return outcome
 
 
+def claim_status(record: Record) -> str:
+    """A record's claim status (``Claim.status``); records written before the field existed come
+    from claims that were all exploratory."""
+    return str(record.get("status") or "exploratory")
+
+
 def claim_verdict(outcomes: Iterable[str]) -> str:
     """The honest verdict of a claim from its tests' outcomes (as :func:`outcome_of` gives):
     held, partly held, did not hold, not yet run, skipped or error. No outcomes: not yet run."""
@@ -360,12 +366,13 @@ def _records_table(records: Sequence[Record]) -> str:
 def _verdicts_table(records: Sequence[Record], never_run: Sequence[DeclaredClaim] = ()) -> str:
     """``lab log``: the latest verdict of each claim; claims written but never run last."""
     rows = [
-        [s.claim, s.paper, s.verdict, count_outcomes(outcome_of(r) for r in s.latest),
+        [s.claim, s.paper, s.verdict, claim_status(s.metadata), count_outcomes(outcome_of(r) for r in s.latest),
          short_time(s.last_time), summarise_measured([r.get("measured") or {} for r in s.latest])]
         for s in summarise_claims(records)
     ]
-    rows += [[d.id, d.paper or "?", NOT_YET_RUN, "never run", "", ""] for d in sorted(never_run, key=lambda d: d.id)]
-    return format_table(["claim", "paper", "verdict", "tests", "last run", "measured"], rows)
+    rows += [[d.id, d.paper or "?", NOT_YET_RUN, d.status or "exploratory", "never run", "", ""]
+             for d in sorted(never_run, key=lambda d: d.id)]
+    return format_table(["claim", "paper", "verdict", "status", "tests", "last run", "measured"], rows)
 
 
 def render_run_summary(records: Sequence[Record]) -> str:

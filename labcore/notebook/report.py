@@ -7,7 +7,6 @@ importing claim files and still describe claims whose files have since changed o
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,28 +15,23 @@ from typing import Any
 from labcore.files import atomic_write_text
 from labcore.notebook.claims import PAPER_ARXIV, PAPERS, DeclaredClaim
 from labcore.notebook.history import HistoryRead, utc_now_iso
+# The HTML format (one self-contained file: embedded plots, contents, attention viewer) lives in
+# html_report; its rich cells (measured, messages, images) print their short text in Markdown.
+from labcore.notebook.html_report import (
+    VERDICT_COLOURS, attention_block, image_ref, measured_cell, message_cell, paper_table, render_html,
+)
 from labcore.notebook.log import (
-    ERROR,
-    HELD,
-    NOT_HELD,
-    NOT_YET_RUN,
-    PARTLY_HELD,
-    SKIPPED,
+    claim_status,
     VERDICT_LEGEND,
     ClaimSummary,
     short_test,
     short_time,
     summarise_claims,
-    summarise_measured,
     outcome_of,
     verdicts_by_run,
 )
 
-#: HTML colours of the verdicts (green held, amber partly, red did not hold, grey otherwise).
-VERDICT_COLOURS = {
-    HELD: "#1a7f37", PARTLY_HELD: "#b35900", NOT_HELD: "#c62828",
-    NOT_YET_RUN: "#6a6a6a", SKIPPED: "#6a6a6a", ERROR: "#8e24aa",
-}
+__all__ = ["VERDICT_COLOURS", "render_html", "render_markdown", "build_report_blocks", "write_report"]
 
 
 # --- lab report ------------------------------------------------------------------------------------
@@ -68,14 +62,15 @@ def _claim_blocks(summary: ClaimSummary, results_root: Path, out_dir: Path) -> l
             ("Metric", meta.get("metric", "")),
             ("Tolerance", meta.get("tolerance", "")),
             ("Why this tolerance", meta.get("tolerance_why", "")),
+            ("Status", claim_status(meta) + " (confirmed: passed on fresh seeds ≥ 100; exploratory: not yet)"),
             ("Tier and tags", ", ".join([str(meta.get("tier", "")), *(meta.get("tags") or [])])),
         ]),
         ("para", "Latest result of each test:"),
         ("table", (
             ["test", "outcome", "measured", "seed", "when", "message"],
             [
-                [short_test(r), outcome_of(r), summarise_measured([r.get("measured") or {}], None),
-                 r.get("seed", ""), short_time(r.get("time")), r.get("message", "")]
+                [short_test(r), outcome_of(r), measured_cell([r.get("measured") or {}]),
+                 r.get("seed", ""), short_time(r.get("time")), message_cell(r)]
                 for r in summary.latest
             ],
         )),
@@ -92,9 +87,11 @@ def _claim_blocks(summary: ClaimSummary, results_root: Path, out_dir: Path) -> l
                 plots.append(plot)
     if plots:
         blocks.append(("images", [
-            (Path(plot).stem, Path(os.path.relpath(results_root / plot, out_dir)).as_posix()) for plot in plots
+            (Path(plot).stem, image_ref(Path(os.path.relpath(results_root / plot, out_dir)).as_posix(),
+                                        results_root / plot)) for plot in plots
         ]))
-    return blocks
+    attention = attention_block(summary, results_root)
+    return blocks + ([attention] if attention else [])
 
 
 def build_report_blocks(
@@ -114,8 +111,8 @@ def build_report_blocks(
     ]
     if summaries:
         blocks.append(("table", (
-            ["claim", "paper", "verdict", "last run"],
-            [[s.claim, s.paper, s.verdict, short_time(s.last_time)] for s in summaries],
+            ["claim", "paper", "verdict", "status", "last run"],
+            [[s.claim, s.paper, s.verdict, claim_status(s.metadata), short_time(s.last_time)] for s in summaries],
         )))
         blocks.append(("para", VERDICT_LEGEND[0].upper() + VERDICT_LEGEND[1:] + "."))
     titles, arxiv_ids = dict(PAPERS), dict(PAPER_ARXIV)
@@ -123,6 +120,7 @@ def build_report_blocks(
         arxiv = ", ".join(arxiv_ids.get(paper, ()))
         title = titles.get(paper, paper)
         blocks.append(("h2", f"{title} ({paper}{', arXiv ' + arxiv if arxiv else ''})"))
+        blocks.append(paper_table([s for s in summaries if s.paper == paper]))
         for summary in summaries:
             if summary.paper == paper:
                 blocks += _claim_blocks(summary, results_root, out_dir)
@@ -130,10 +128,26 @@ def build_report_blocks(
     never_run = sorted(d.id for d in declared if d.id not in seen)
     if never_run:
         blocks += [("h2", "Not yet run: written but never run"), ("para", ", ".join(never_run))]
+    blocks += questions_blocks(declared)
     bad = history.describe_bad_lines(history_name)
     if bad:
         blocks += [("h2", "Unreadable log lines"), ("list", bad)]
     return blocks
+
+
+def questions_blocks(declared: Sequence[DeclaredClaim] = ()) -> list[Block]:
+    """The questions log (``lab ask``/``lab answer``): open ones first, then the answered."""
+    from labcore.notebook.questions import QuestionError, load_questions, questions_path, select
+
+    try:
+        chosen = select(load_questions(questions_path()), declared)
+    except QuestionError as error:
+        return [("h2", "Questions"), ("para", str(error))]
+    if not chosen:
+        return []
+    rows = [[q.get("id"), "answered by " + ", ".join(claims) if claims else "open", q.get("question")]
+            for q, claims in sorted(chosen, key=lambda pair: bool(pair[1]))]
+    return [("h2", "Questions"), ("table", (["id", "state", "question"], rows))]
 
 
 def _md_cell(value: object) -> str:
@@ -162,48 +176,9 @@ def render_markdown(blocks: Sequence[Block]) -> str:
             out.append("\n".join(lines))
         elif kind == "images":
             out.append("\n".join(f"![{alt}]({src})" for alt, src in content))
+        elif kind == "attention":  # the interactive viewer is in report.html
+            out.append("Attention patterns (viewer in report.html): " + ", ".join(p.stem for p in content[1]))
     return "\n\n".join(out) + "\n"
-
-
-def _html_cell(value: object) -> str:
-    text = html.escape(str(value))
-    colour = VERDICT_COLOURS.get(str(value))
-    return f"<td style='color:{colour}'>{text}</td>" if colour else f"<td>{text}</td>"
-
-
-def render_html(blocks: Sequence[Block]) -> str:
-    esc = html.escape
-    out = [
-        "<!doctype html>", "<html><head><meta charset='utf-8'><title>LLM Learning Lab report</title>",
-        "<style>body{font-family:sans-serif;max-width:70em;margin:auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
-        "blockquote{color:#444;border-left:3px solid #ccc;padding-left:1em}img{max-width:45%}</style>",
-        "</head><body>",
-    ]
-    for kind, content in blocks:
-        if kind in ("h1", "h2", "h3"):
-            out.append(f"<{kind}>{esc(content)}</{kind}>")
-        elif kind == "verdict_h3":
-            claim, verdict = content
-            colour = VERDICT_COLOURS.get(verdict, "#000")
-            out.append(f"<h3>{esc(claim)} — <span class='verdict' style='color:{colour}'>{esc(verdict)}</span></h3>")
-        elif kind == "quote":
-            out.append(f"<blockquote>{esc(content)}</blockquote>")
-        elif kind == "fields":
-            out.append("<ul>" + "".join(f"<li><b>{esc(l)}:</b> {esc(str(v))}</li>" for l, v in content) + "</ul>")
-        elif kind == "para":
-            out.append(f"<p>{esc(content)}</p>")
-        elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{esc(item)}</li>" for item in content) + "</ul>")
-        elif kind == "table":
-            headers, rows = content
-            head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-            body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in rows)
-            out.append(f"<table><tr>{head}</tr>{body}</table>")
-        elif kind == "images":
-            out.append("".join(f"<img alt='{esc(alt)}' src='{esc(src)}'>" for alt, src in content))
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
 
 
 REPORT_FORMATS = ("md", "html", "both")
