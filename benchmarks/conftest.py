@@ -17,6 +17,9 @@ RATIOS = [
     ("forward", "test_forward_cache_every_hook", "test_forward_no_hooks", "≤ 1.10×", lambda r: r <= 1.10),
     ("train_step", "test_train_step_glassbox", "test_train_step_hf_gpt2", "≤ 1/1.2 (≥ 1.2× faster)", lambda r: r <= 1 / 1.2),
     ("train_step_tl", "test_train_step_glassbox_tl_size", "test_train_step_transformer_lens", "≤ 1.0 (faster)", lambda r: r <= 1.0),
+    ("trainer", "test_trainer_fast_path", "test_trainer_default_loop", "≤ 1.0 (CPU: bookkeeping only)", lambda r: r <= 1.0),
+    ("trainer", "test_trainer_fast_path_with_per_step_stats", "test_trainer_default_loop", "≤ 1.05 (CPU)", lambda r: r <= 1.05),
+    ("attention", "test_attention_sdpa", "test_attention_manual", "≤ 1.0 (faster)", lambda r: r <= 1.0),
 ]
 
 

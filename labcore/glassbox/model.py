@@ -1,10 +1,12 @@
 """A glass-box decoder-only transformer, written to be read.
 
 One file, nanoGPT-sized, with a hook point (labcore.glassbox.hooks.HookPoint) on every activation a
-learner wants to look at. Attention is computed by hand (no fused kernel) so the scores and the
-pattern exist as tensors. Variants are switched by the config, so one class covers a 2017-style
-block (learned or sinusoidal positions, LayerNorm, GELU) and a Llama-style block (RoPE, RMSNorm,
-SwiGLU), and the pieces can be compared one at a time.
+learner wants to look at. Attention is computed by hand so the scores and the pattern exist as
+tensors whenever something looks at them; with no such hook active, GPTConfig.attn_impl may
+switch to the fused F.scaled_dot_product_attention (by default on CUDA only). Variants are
+switched by the config, so one class covers a 2017-style block (learned or sinusoidal
+positions, LayerNorm, GELU) and a Llama-style block (RoPE, RMSNorm, SwiGLU), and the pieces
+can be compared one at a time.
 
 Shapes: B batch, T positions, d d_model, H n_heads, dh d_head, m d_mlp, V vocab.
 """
@@ -50,6 +52,10 @@ class GPTConfig:
     init_std: float = 0.02  # std of the normal init of weights and embeddings
     rope_theta: float = 10000.0  # RoPE base frequency
     norm_eps: float = 1e-5  # epsilon inside LayerNorm/RMSNorm
+    # attention kernel: "manual" = by hand (scores and pattern exist); "sdpa" = fused
+    # F.scaled_dot_product_attention whenever no hook on q/k/scores/pattern/z is active;
+    # "auto" = sdpa on CUDA tensors only (CPU runs stay bitwise identical to "manual")
+    attn_impl: Literal["auto", "manual", "sdpa"] = "auto"
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ConfigError:
@@ -71,6 +77,8 @@ class GPTConfig:
             raise bad("positional", "use one of learned, sinusoidal, rope, none")
         if self.norm not in ("layernorm", "rmsnorm", "none"):
             raise bad("norm", "use one of layernorm, rmsnorm, none")
+        if self.attn_impl not in ("auto", "manual", "sdpa"):
+            raise bad("attn_impl", "use one of auto, manual, sdpa")
         if self.mlp not in ("gelu", "swiglu", "none"):
             raise bad("mlp", "use one of gelu, swiglu, none")
         if self.positional == "rope" and self.head_dim % 2:
@@ -181,6 +189,14 @@ class Attention(nn.Module):
         self.hook_z = HookPoint()  # (B, T, H, dh)
         self.hook_result = HookPoint()  # (B, T, H, d)
 
+    def _use_sdpa(self, x: torch.Tensor) -> bool:
+        """The fused kernel only when the config allows it and no hook would miss an activation."""
+        impl = self.cfg.attn_impl
+        if impl == "manual" or (impl == "auto" and not x.is_cuda):
+            return False
+        watched = (self.hook_q, self.hook_k, self.hook_attn_scores, self.hook_pattern, self.hook_z)
+        return not any(h._forward_hooks or h._forward_pre_hooks for h in watched)
+
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         B, T, _ = x.shape
         H, dh = self.cfg.n_heads, self.cfg.head_dim
@@ -190,14 +206,18 @@ class Attention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos[:T], sin[:T]), apply_rope(k, cos[:T], sin[:T])
-        q, k = self.hook_q(q), self.hook_k(k)
+        if self._use_sdpa(x):  # nobody looks at q, k, scores, pattern or z: fused kernel
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                               is_causal=True, scale=self.cfg.scale).transpose(1, 2)
+        else:
+            q, k = self.hook_q(q), self.hook_k(k)
 
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.cfg.scale  # (B, H, T_q, T_k)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
-        pattern = self.hook_pattern(scores.softmax(dim=-1))  # rows sum to 1 over keys ≤ query
+            scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * self.cfg.scale  # (B, H, T_q, T_k)
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+            pattern = self.hook_pattern(scores.softmax(dim=-1))  # rows sum to 1 over keys ≤ query
 
-        z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))  # (B, T, H, dh)
+            z = self.hook_z(torch.einsum("bhqk,bkhd->bqhd", pattern, v))  # (B, T, H, dh)
         if not self.hook_result._forward_hooks:  # nobody looks at single heads: one matmul
             return self.W_O(z.reshape(B, T, H * dh))  # (B, T, d)
         # Each head's contribution to the residual stream: z_h @ W_O[:, h-th block]ᵀ.

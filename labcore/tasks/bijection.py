@@ -156,6 +156,14 @@ class BijectionTask:
                               perm=perm, posterior=posterior, entropy_bits=entropy,
                               eliminated=eliminated)
 
+    def sample_torch(self, batch_size: int, generator: torch.Generator,
+                     device: torch.device | str | None = None) -> BijectionBatch:
+        """``sample`` drawn on ``device`` (a GPU) with no host sync: batched permutations by
+        argsort of uniform noise and the exact posterior, all as device tensors. ``generator``
+        must live on ``device`` (``torch.Generator(device).manual_seed(s)``); with a CPU
+        generator it is ``sample`` draw for draw."""
+        return self.sample(batch_size, on_device(generator, device))
+
 
 def _exact_posterior(keys: torch.Tensor, values: torch.Tensor, V: int):
     """Exact p(pi(k_t) | pairs 1..t-1) at every query t, by the counting argument in the module
@@ -204,6 +212,36 @@ def batch_fn(task: BijectionTask, batch_size: int) -> Callable[[int, torch.Gener
     The step is ignored: every step draws fresh bijections from the trainer's generator.
     """
     return token_batches(task, BijectionTask, batch_size)
+
+
+def on_device(generator: torch.Generator, device: torch.device | str | None) -> torch.Generator:
+    """``generator`` itself, after checking that it draws on ``device`` (None: its own device)."""
+    g = _require_generator(generator)
+    if device is None:
+        return g
+    want = torch.device(device)
+    if g.device.type != want.type or (want.index is not None and g.device.index not in (None, want.index)):
+        raise ValueError(f"the generator draws on {g.device}, not on {want}: create it with "
+                         f"torch.Generator(device='{want}').manual_seed(seed)")
+    return g
+
+
+def device_batches(sample: Callable[[torch.Generator], object], device: torch.device | str,
+                   as_dict: bool = False) -> Callable[[int, torch.Generator], object]:
+    """A trainer ``batch_fn`` whose batches are drawn on ``device`` by ``sample(device_generator)``
+    (a task's ``sample_torch``). The device generator is seeded once from the trainer's CPU
+    generator, so a run is still a function of ``TrainConfig.seed``; returns (tokens, targets),
+    or the batch's fields as a dict with ``as_dict``."""
+    state: dict[str, torch.Generator] = {}
+
+    def fn(step: int, generator: torch.Generator):
+        if "g" not in state:
+            seed = int(torch.randint(0, 2**62, (1,), generator=_require_generator(generator)))
+            state["g"] = torch.Generator(device=device).manual_seed(seed)
+        b = sample(state["g"])
+        return b.as_dict() if as_dict else (b.tokens, b.targets)
+
+    return fn
 
 
 def token_batches(task, task_type: type, batch_size: int) -> Callable[[int, torch.Generator], tuple]:

@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from labcore.tasks.bijection import _require_generator, _require_int, _TensorBatch
+from labcore.tasks.bijection import _require_generator, _require_int, _TensorBatch, on_device
 
 # token ids of the paper's tokenizer (fixed; only the number of symbols varies)
 N_PROB_TOKENS = 96          # 0.05, 0.06, ..., 1.00
@@ -261,6 +261,53 @@ class HMMTask:
                         obs_positions=self.obs_positions(K).to(dev), posterior=posterior,
                         entropy_bits=entropy, T=T, E=E, observations=observations,
                         states=states)
+
+    def sample_torch(self, batch_size: int, generator: torch.Generator,
+                     device: torch.device | str | None = None, K: int | None = None) -> HMMBatch:
+        """``sample`` for a GPU: drawn on ``device`` (``generator`` must live there) with no host
+        sync; the forward filter runs on the device in float64. With the same generator it
+        draws exactly what ``sample`` draws; posteriors agree to ~1e-15."""
+        _require_int("batch_size", batch_size, 1)
+        return _sample_torch(self, batch_size, on_device(generator, device), self._k(K))
+
+
+def _sample_torch(task: "HMMTask", batch_size: int, g: torch.Generator, K: int) -> HMMBatch:
+    """HMMTask.sample_torch: the same draws in the same order as ``sample`` (so a CPU generator
+    gives the same HMMs, paths and tokens), without host syncs or per-row indexing: the chain
+    by gathers on cumulative cents, the forward filter in probability space with a batched
+    matrix product per step (renormalised every step; every entry >= min_prob, no underflow)."""
+    B, S, O, dev = batch_size, task.S, task.O, g.device
+    T_c = _sample_rows(S, S, B, task.min_prob, g)                   # (B, S, S) cents
+    E_c = _sample_rows(S, O, B, task.min_prob, g)                   # (B, S, O) cents
+    u_state = torch.randint(0, 100, (B, K), generator=g, device=dev)
+    u_emit = torch.randint(0, 100, (B, K), generator=g, device=dev)
+    s = torch.randint(0, S, (B,), generator=g, device=dev)          # uniform pi0
+    cdf_T, cdf_E = T_c.cumsum(-1), E_c.cumsum(-1)                   # (B, S, S), (B, S, O)
+    row = lambda cdf, s: cdf.gather(1, s.view(B, 1, 1).expand(B, 1, cdf.shape[-1])).squeeze(1)  # noqa: E731
+    states, observations = [], []
+    for t in range(K):
+        if t > 0:
+            s = (row(cdf_T, s) <= u_state[:, t, None]).sum(-1)        # s_t ~ T[s_{t-1}, :]
+        states.append(s)
+        observations.append((row(cdf_E, s) <= u_emit[:, t, None]).sum(-1))  # o_t ~ E[s_t, :]
+    states, observations = torch.stack(states, 1), torch.stack(observations, 1)  # (B, K)
+
+    T, E = T_c.to(torch.float64) / 100, E_c.to(torch.float64) / 100
+    emit = torch.gather(E, 2, observations.unsqueeze(1).expand(B, S, K)).transpose(1, 2)  # (B, K, S)
+    alpha = emit[:, 0] / S                                          # uniform pi0
+    alphas = [alpha / alpha.sum(-1, keepdim=True)]
+    for t in range(1, K):
+        alpha = torch.bmm(alphas[-1].unsqueeze(1), T).squeeze(1) * emit[:, t]
+        alphas.append(alpha / alpha.sum(-1, keepdim=True))
+    posterior = torch.stack(alphas, 1)                              # (B, K, S)
+
+    cents = lambda c: (c - PROB_TOKEN_OFFSET_CENTS).reshape(B, -1)  # noqa: E731
+    col = lambda tok: torch.full((B, 1), tok, dtype=torch.long, device=dev)  # noqa: E731
+    obs = torch.stack([torch.full_like(observations, OBS), observations + SYMBOL_OFFSET], -1).reshape(B, 2 * K)
+    tokens = torch.cat([col(TRANS), cents(T_c), col(EMIT), cents(E_c), col(SEP), obs], dim=1)
+    return HMMBatch(tokens=tokens, obs_positions=task.obs_positions(K).to(dev), posterior=posterior,
+                    entropy_bits=-(posterior * torch.log2(posterior)).sum(-1), T=T, E=E,
+                    observations=observations, states=states)
 
 
 def soft_label_ce(state_logits: torch.Tensor, posterior: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ from typing import Callable
 
 import torch
 
-from labcore.tasks.bijection import IGNORE_INDEX, _require_generator, _require_int, _TensorBatch, token_batches
+from labcore.tasks.bijection import (IGNORE_INDEX, _require_generator, _require_int, _TensorBatch, on_device,
+                                     token_batches)
 
 
 @dataclass
@@ -115,6 +116,12 @@ class RecallTask:
         posterior = torch.nn.functional.one_hot(v, self.n_values).to(torch.float64)
         return RecallBatch(tokens=tokens, targets=targets, answer=answer, posterior=posterior,
                            keys=keys, values=values, query_pair=j)
+
+    def sample_torch(self, batch_size: int, generator: torch.Generator,
+                     device: torch.device | str | None = None) -> RecallBatch:
+        """``sample`` on ``device`` (``generator`` must live there): distinct keys and values by
+        argsort of uniform noise, all device tensors, no host sync."""
+        return self.sample(batch_size, on_device(generator, device))
 
 
 def recall_accuracy(logits: torch.Tensor, batch: RecallBatch) -> float:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labcore.glassbox.modes import evaluating
+from labcore.training import distributed
 
 Schedule = Literal["constant", "warmup_constant", "warmup_cosine", "inverse_sqrt"]
 
@@ -45,6 +46,18 @@ class TrainConfig:
     track_update_ratio: bool = True  # ‖Δθ‖/‖θ‖ per step (costs one parameter copy)
     device: str | None = None  # default: the model's device
     progress: bool | None = None  # progress bar; default: only on an interactive terminal
+    # --- the fast path (labcore.training.fast); any non-default value below switches to it ---
+    sync_every: int | None = None  # read the metrics back from the device every N steps (None: every step, today's loop)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # tf32 matmuls / bf16 autocast of the loss (evals stay fp32)
+    compile: bool = False  # torch.compile the model for the training forward/backward
+    stats_every: int = 1  # Adam moment statistics every N steps (NaN in between)
+    fused: bool | None = None  # fused AdamW; default: on CUDA in the fast path
+
+    @property
+    def fast_path(self) -> bool:
+        """True when a fast-path option is set: train() then runs labcore.training.fast."""
+        return (self.sync_every is not None or self.precision != "fp32" or self.compile
+                or self.fused is not None)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -59,6 +72,12 @@ class TrainConfig:
             raise ValueError("TrainConfig.schedule='inverse_sqrt' needs warmup_steps ≥ 1 (its peak)")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}: use adamw or sgd")
+        if self.precision not in ("fp32", "tf32", "bf16"):
+            raise ValueError(f"TrainConfig.precision={self.precision!r}: use fp32, tf32 or bf16")
+        for name in ("sync_every", "stats_every"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"TrainConfig.{name}={value!r}: must be a positive integer")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -193,7 +212,13 @@ def train(
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] = next_token_loss,
     callbacks: Sequence[Every | Snapshots] = (),
 ) -> TrainResult:
-    """Train `model` in place for `cfg.steps` steps on batches from `batch_fn(step, generator)`."""
+    """Train `model` in place for `cfg.steps` steps on batches from `batch_fn(step, generator)`.
+
+    A fast-path option (`cfg.fast_path`) or a torch.distributed job runs labcore.training.fast."""
+    if cfg.fast_path or distributed.setup_from_env():
+        from labcore.training.fast import train_fast  # imports this module
+
+        return train_fast(model, batch_fn, cfg, loss_fn, callbacks)
     device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
     model.to(device).train()
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -201,14 +226,7 @@ def train(
     params = [p for g in opt.param_groups for p in g["params"]]
     is_adam = cfg.optimizer == "adamw"
 
-    names = ["loss", "grad_norm", "lr", "update_ratio", "adam_m_norm", "adam_v_sqrt_mean"]
-    log = {k: np.full(cfg.steps, np.nan) for k in names}
-    result = TrainResult(metrics=log, steps_done=0)
-    snapshot_steps = {s for cb in callbacks if isinstance(cb, Snapshots) for s in cb.at_steps}
-    if 0 in snapshot_steps:
-        result.snapshots[0] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    interactive = sys.stderr.isatty() and not os.environ.get("CI")
-    progress = _Progress(cfg.steps, cfg.progress if cfg.progress is not None else interactive)
+    log, result, snapshot_steps, progress = _start_result(model, cfg, callbacks)
 
     start = time.perf_counter()
     for i in range(cfg.steps):
@@ -232,7 +250,7 @@ def train(
         opt.step()
         if before is not None:
             log["update_ratio"][i] = _update_ratio(params, before)
-        if is_adam:
+        if is_adam and step % cfg.stats_every == 0:
             log["adam_m_norm"][i], log["adam_v_sqrt_mean"][i] = _adam_moment_stats(opt)
         result.steps_done = step
         progress.update(step, loss_value)
@@ -243,6 +261,20 @@ def train(
         result.metrics = {k: v[: result.diverged_at_step] for k, v in log.items()}
     model.eval()
     return result
+
+
+def _start_result(model: nn.Module, cfg: TrainConfig, callbacks: Sequence[Every | Snapshots]):
+    """The empty per-step log, the result holding it (with the step-0 snapshot), the snapshot
+    steps and the progress bar: (log, result, snapshot_steps, progress)."""
+    names = ["loss", "grad_norm", "lr", "update_ratio", "adam_m_norm", "adam_v_sqrt_mean"]
+    log = {k: np.full(cfg.steps, np.nan) for k in names}
+    result = TrainResult(metrics=log, steps_done=0)
+    snapshot_steps = {s for cb in callbacks if isinstance(cb, Snapshots) for s in cb.at_steps}
+    if 0 in snapshot_steps:
+        result.snapshots[0] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    interactive = sys.stderr.isatty() and not os.environ.get("CI")
+    progress = _Progress(cfg.steps, cfg.progress if cfg.progress is not None else interactive)
+    return log, result, snapshot_steps, progress
 
 
 def _update_ratio(params: list[torch.Tensor], before: list[torch.Tensor]) -> float:
