@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from labcore.notebook.calibrate import CalibrationError, calibrate, check_command, child_env
-from labcore.notebook.learning_cli import add_learning_commands
+from labcore.notebook.learning_cli import add_learning_commands, log_diff_command
 from labcore.notebook.skeleton import DEFAULT_PREDICTION, DEFAULT_STATEMENT, render_skeleton
 from labcore.notebook.claims import PAPERS, RESERVED_MARKERS, Claim, ClaimError, Source, scan_claim_files
 from labcore.notebook.hardware import add_hardware_parser, print_hardware
@@ -157,6 +157,7 @@ def _add_log(commands: argparse._SubParsersAction) -> None:
     shown.add_argument("--changes", action="store_true", help="when a claim's verdict changed")
     shown.add_argument("--durations", action="store_true",
                        help="wall time per paper and in total, and the slowest tests (latest run of each)")
+    shown.add_argument("--diff", nargs=2, metavar=("RUN_A", "RUN_B"), help="verdict flips and measured deltas between two runs (ids from lab log --all, or last / previous)")
     log.add_argument("--results", type=Path, metavar="DIR", help=f"results folder (default ${RESULTS_ENV} or results/)")
     log.set_defaults(handler=log_command)
 
@@ -324,6 +325,7 @@ def log_command(args: argparse.Namespace) -> int:
     history = read_history(path)
     declared = scan_claim_files(project_root() / "claims")
     check_log_filters(args.claim, args.marker, history.records, declared)
+    if args.diff: return log_diff_command(args, history.records)  # noqa: E701 (cli.py is at its size limit)
     if args.durations:
         print(render_durations(history, marker=args.marker))
         return 0

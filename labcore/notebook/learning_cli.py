@@ -1,7 +1,9 @@
-"""The learning sub-commands of ``lab``: scoreboard, predictions, ask, answer, questions.
+"""The learning sub-commands of ``lab``: scoreboard, predictions, ask, answer, questions, docs,
+and the ``lab log --diff`` handler.
 
 ``labcore.notebook.cli.build_parser`` calls :func:`add_learning_commands`; the logic lives in
-``scoreboard`` (predictions and their ledger) and ``questions`` (the questions log).
+``scoreboard`` (predictions and their ledger), ``questions`` (the questions log), ``docgen``
+(generated number blocks in the docs) and ``log_diff`` (two runs compared).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from pathlib import Path
 
 from labcore.files import RESULTS_ENV, history_path, results_dir
 from labcore.notebook.claims import scan_claim_files
+from labcore.notebook.docgen import DocgenError, newer_history, update_docs
 from labcore.notebook.history import read_history
+from labcore.notebook.log_diff import diff_runs, render_diff
 from labcore.notebook.papers import project_root
 from labcore.notebook.predictions import describe
 from labcore.notebook.questions import QuestionError, answer, ask, load_questions, questions_path, render_questions, select
@@ -45,6 +49,19 @@ ANSWER_EPILOG = """\
 examples:
   lab answer Q7 --by aiayn_softmax_saturation --note "without the scale the softmax saturates"
 (or declare it in the claim: Claim(..., answers=("Q7",)))"""
+
+DOCS_EPILOG = """\
+examples:
+  lab docs                         rewrite every lab:numbers block under docs/
+  lab docs --check                 exit 1 if a block differs from its calibration tables (CI)
+  lab docs docs/concepts/attention.md
+
+A block in a Markdown page:
+  <!-- lab:numbers claims=bayes_calibration,bayes_hmm_filtering keys=entropy_mae_bits,kl_bits -->
+  <!-- /lab:numbers -->
+is filled from fixtures/calibration/<claim>.json: seeds, date, and per test its outcomes, pass rate
+and headline values, median [min-max] over the seeds. Headline values: the keys= named (those a
+test recorded), else each test's first 3 measured keys."""
 
 QUESTIONS_EPILOG = """\
 examples:
@@ -99,6 +116,12 @@ def add_learning_commands(commands: argparse._SubParsersAction) -> None:
     state.add_argument("--answered", dest="state", action="store_const", const="answered", help="only answered ones")
     listing.add_argument("--paper", metavar="PAPER", help="only questions about this paper")
     listing.set_defaults(handler=_friendly(questions_command))
+    docs = _parser(commands, "docs", "regenerate the measured-number blocks in the docs from the calibration tables",
+                   DOCS_EPILOG)
+    docs.add_argument("paths", nargs="*", type=Path, metavar="PATH", help="Markdown files or folders (default: docs/)")
+    docs.add_argument("--check", action="store_true", help="write nothing; exit 1 if a block is stale")
+    docs.add_argument("--results", type=Path, metavar="DIR", help=f"results folder (default ${RESULTS_ENV} or results/)")
+    docs.set_defaults(handler=docs_command)
 
 
 def _use_results(folder: Path | None) -> None:
@@ -156,4 +179,38 @@ def answer_command(args: argparse.Namespace) -> int:
 def questions_command(args: argparse.Namespace) -> int:
     declared = scan_claim_files(project_root() / "claims")
     print(render_questions(select(load_questions(questions_path()), declared, args.state, args.paper)))
+    return 0
+
+
+def docs_command(args: argparse.Namespace) -> int:
+    """``lab docs [--check]``: rewrite (or check) every ``lab:numbers`` block."""
+    _use_results(args.results)
+    root = project_root()
+    try:
+        result = update_docs(args.paths or [root / "docs"], root, check=args.check)
+    except (DocgenError, OSError) as error:
+        print(f"lab docs: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        records = read_history(history_path()).records
+    except Exception:  # an unusable results folder must not block the docs
+        records = []
+    for note in newer_history(result.claims, records, root):
+        print(f"note: {note}")
+    shown = len(result.claims)
+    if args.check:
+        for path in result.stale:
+            print(f"stale: {path} (run `lab docs` to regenerate it)")
+        print(f"lab docs --check: {len(result.stale)} stale page(s); {shown} claim(s) shown in generated blocks")
+        return 1 if result.stale else 0
+    for path in result.written:
+        print(f"wrote {path}")
+    print(f"lab docs: {len(result.written)} page(s) rewritten; {shown} claim(s) shown in generated blocks")
+    return 0
+
+
+def log_diff_command(args: argparse.Namespace, records: list[dict]) -> int:
+    """``lab log --diff RUN_A RUN_B`` (called from ``cli.log_command``)."""
+    run_a, run_b = args.diff
+    print(render_diff(diff_runs(records, run_a, run_b, claim=args.claim, marker=args.marker)))
     return 0

@@ -350,12 +350,13 @@ def check_log_filters(claim: str | None, marker: str | None, records: Sequence[d
 
 
 def _records_table(records: Sequence[Record]) -> str:
-    """``lab log --all``: every record, oldest first."""
+    """``lab log --all``: every record, oldest first, with its run id (for ``lab log --diff``)."""
     return format_table(
-        ["when", "claim", "test", "outcome", "seed", "measured / message"],
+        ["when", "claim", "test", "outcome", "seed", "run", "measured / message"],
         [
             [
                 short_time(r.get("time")), r.get("claim"), short_test(r), r.get("outcome"), r.get("seed", ""),
+                r.get("run_id") or "",
                 summarise_measured([r.get("measured") or {}], 60) or _clip(r.get("message", ""), 80),
             ]
             for r in records
