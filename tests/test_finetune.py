@@ -138,6 +138,7 @@ def test_pretrain_base_is_seeded(base):
         FinetuneRecipe(targets=("q", "v"), r=2, steps=3, impl="peft"),
         FinetuneRecipe(targets="all_linear", r=2, steps=3),
         FinetuneRecipe(method="qlora", targets="all_linear", r=2, steps=3, quant="int4"),
+        FinetuneRecipe(method="qlora", targets="all_linear", r=2, steps=3, quant="nf2", block_size=1024),
     ],
     ids=lambda r: r.label,
 )
@@ -238,3 +239,21 @@ def test_apply_lora_reference_matches_peft_prepare(base):
         assert torch.equal(ref(x), base(x))
         assert torch.equal(peft_model(x), base(x))
     assert all(isinstance(ref.get_submodule(n), L.LoRALinear) for n in names_ref)
+
+
+def test_recipe_block_size_reaches_the_quantiser(base):
+    from labcore.finetuning import quantized as QM
+    from labcore.finetuning.recipes import prepare
+
+    coarse = FinetuneRecipe(method="qlora", targets="all_linear", r=2, quant="nf2", block_size=1024)
+    model, adapted = prepare(base, coarse, seed=0)
+    expected = copy.deepcopy(base)
+    QM.fake_quantize_model(expected, "nf2", block_size=1024, double_quant=True)
+    fine, _ = prepare(base, FinetuneRecipe(method="qlora", targets="all_linear", r=2, quant="nf2"), seed=0)
+    name = adapted[0]
+    w = lambda m: dict(m.named_modules())[name].base.weight  # noqa: E731
+    assert torch.equal(w(model), dict(expected.named_modules())[name].weight)
+    assert not torch.equal(w(model), w(fine))
+    assert "block=1024" in coarse.label
+    with pytest.raises(ValueError, match="blocks of 64 only"):
+        FinetuneRecipe(method="qlora", quant="nf4", backend="bnb", block_size=128)

@@ -333,3 +333,19 @@ def test_model_footprint_counts_packed_weights_and_quant_state():
     tied = nn.Sequential(nn.Linear(8, 8, bias=False), nn.Linear(8, 8, bias=False))
     tied[1].weight = tied[0].weight
     assert QM.model_footprint_bytes(tied) == 8 * 8 * 4
+
+
+def test_nf_codebook_generalises_nf4_to_coarser_grids():
+    assert torch.equal(Q.nf_codebook(4), Q.nf4_codebook())
+    for bits, name in ((3, "nf3"), (2, "nf2")):
+        cb = Q.get_codebook(name)
+        assert torch.equal(cb, Q.nf_codebook(bits)) and cb.numel() == 2**bits
+        assert cb.min() == -1.0 and cb.max() == 1.0 and (cb == 0).sum() == 1
+        assert (cb.diff() > 0).all() and (cb > 0).sum() == 2 ** (bits - 1)
+        assert Q.quantize_blockwise(torch.randn(4, 64), name, 64).bits == bits
+    with pytest.raises(ValueError, match="2, 3 or 4 bits"):
+        Q.nf_codebook(5)
+    # coarser grids and larger blocks quantise worse on N(0, 1) weights
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    err = lambda kind, bs: (Q.dequantize(Q.quantize_blockwise(w, kind, bs)) - w).pow(2).mean().item()  # noqa: E731
+    assert err("nf4", 64) < err("nf3", 64) < err("nf2", 64) < err("nf2", 1024)

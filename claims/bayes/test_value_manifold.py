@@ -9,17 +9,25 @@ generator on every call, so it is 100 copies of *one* sequence (papers.md §1.9)
 Here: the final-norm residual (``ln_final.hook_normalized``) at the 9 query positions of 512
 probe sequences (4,608 points, d=64).
 
-1. Entropy is linearly decodable: held-out R² of a ridge probe residual → H_Bayes, with a control
-   on shuffled entropies that must give R² ≈ 0.
+1. Entropy is linearly decodable *at positions the probe never saw*: a ridge probe residual →
+   H_Bayes fitted on the even query positions (5 entropy levels) and scored (R²) on the odd ones
+   (4 levels it never saw). Controls that must fail: the untrained network (its position codes
+   are unrelated random directions, so a probe cannot interpolate) and shuffled entropies. The old
+   random-split R² is recorded, not asserted: the untrained network passed it (0.993–0.996).
 2. The mean representation at each entropy level (the 9 level means; here level = position) is a
    one-dimensional curve ordered by entropy: PC1 share of the level means and |Spearman(PC1, H)|,
    against the untrained network's level means (control). This is the denoised version of what
    the authors' figure shows (one sequence's trajectory).
 3. The checklist's version over *all* points: PC1 > 80 %, and PC1 ordered by entropy (strict xfails).
 
-What we found (5 seeds): (1) holds, R² ≈ 0.996 — but the untrained network gives 0.994: without
-replacement H_Bayes = log2(V − t) is a function of the position alone, so "entropy is decodable"
-here means "position is decodable", which learned position embeddings give for free. (2) holds
+What we found (5 seeds): (1) on a random 80/20 split R² ≈ 0.996 — but the untrained network gives
+0.994: without replacement H_Bayes = log2(V − t) is a function of the position alone (zero
+variance within a position), so a random split only asks "is position decodable", which learned
+position embeddings give for free; nothing can be decoded "beyond position" in this task. The
+held-out-position probe asks what training adds: an ordered coordinate on which unseen levels fall
+in place (exploratory seed 0: trained 0.995, untrained 0.07). It cannot tell entropy from
+position either (a probe to t does as well): the entropy-vs-position question needs a task with
+replacement or variable history, not this one. (2) holds
 cleanly (PC1 ≈ 98 %, |ρ| = 1.00; untrained ≈ 23 %), the trained model's mean state really moves
 along one entropy-ordered curve. (3) fails in every seed: the points spread evenly over 10
 components (PC1 ≈ 12 %) and PC1 has nothing to do with entropy (|ρ| < 0.08). Nine of those
@@ -45,15 +53,20 @@ CLAIM = Claim(
                   where="abstract; value-manifold figure (section not verified offline); repo REPRODUCE.md checklist 'PC1 > 80%'; "
                         "experiments/paper1_bijection/figures/qkv_analysis.py"),
     paper_value="PC1 > 80 % of variance (REPRODUCE checklist); entropy linearly decodable, R² = 1.00 (jlens)",
-    prediction="Entropy is linearly decodable (R² ≥ 0.9) and the mean representation per entropy level is a "
-               "1-D curve ordered by entropy; PC1 > 80 % of all points is expected to fail at this scale.",
-    metric="final-norm residual at 4,608 query positions (512 sequences × 9): held-out ridge R² → H_Bayes "
-           "(80/20, α = 1e-3) with a shuffled control; PCA of the 9 entropy-level means (PC1 share, "
+    prediction="Entropy is linearly decodable at held-out positions (probe fitted on even query positions, "
+               "R² ≥ 0.9 on the odd ones) while the untrained network's R² stays < 0.5, and the mean representation "
+               "per entropy level is a 1-D curve ordered by entropy; PC1 > 80 % of all points is expected to fail.",
+    metric="final-norm residual at 4,608 query positions (512 sequences × 9): ridge R² → H_Bayes (α = 1e-3) "
+           "fitted on the 5 even query positions, scored on the 4 odd ones, trained vs untrained network, "
+           "with a shuffled control; PCA of the 9 entropy-level means (PC1 share, "
            "|Spearman(PC1, H)|) vs the untrained network; PCA of all points (PC1 share, |Spearman|)",
-    tolerance="hard: R² ≥ 0.9 with shuffled R² ≤ 0.05; level means PC1 ≥ 0.8 and |ρ| ≥ 0.9 while the "
+    tolerance="hard: held-out-position R² ≥ 0.9, untrained network's < 0.5, shuffled random-split R² ≤ 0.05; level means PC1 ≥ 0.8 and |ρ| ≥ 0.9 while the "
               "untrained network's level means are not both; strict xfail: all-points PC1 ≥ 0.8, |ρ(PC1, H)| ≥ 0.8",
     tolerance_why=(
-        "Research note BWT-5 thresholds (R² 0.9, |ρ| 0.8, PC1 as the checklist's 0.8). Measured over "
+        "Held-out-position probe (2026-12 audit): R² 0.9 kept from BWT-5; the untrained control's 0.5 "
+        "chosen from one exploratory seed-0 run (trained 0.995, untrained 0.07; odd→even 0.994 / −0.11) "
+        "before the seed sweep — see the calibration table. The numbers below are the previous random-split "
+        "design. Research note BWT-5 thresholds (R² 0.9, |ρ| 0.8, PC1 as the checklist's 0.8). Measured over "
         "seeds 0–4 (min/median/max): R² 0.994/0.996/0.997 (untrained 0.993/0.994/0.996: position alone "
         "gives it), shuffled −0.007/0.000/0.003; level-means PC1 0.970/0.978/0.987 with |ρ| = 1.000 in "
         "all seeds (untrained 0.22–0.24, |ρ| 0.17–0.58); all-points PC1 0.115/0.120/0.121, |ρ(PC1, H)| "
@@ -65,6 +78,7 @@ CLAIM = Claim(
 )
 
 R2_MIN, RHO_MIN, PC1_MIN, SHUFFLED_MAX = 0.9, 0.8, 0.8, 0.05
+R2_INIT_MAX = 0.5  # the untrained network must stay below this on the held-out-position probe
 MEANS_PC1_MIN, MEANS_RHO_MIN = 0.8, 0.9
 
 
@@ -84,6 +98,20 @@ def level_means_manifold(x: torch.Tensor, h: torch.Tensor) -> tuple[float, float
     return float(ratio[0]), spearman(proj[:, 0], levels), proj[:, 0]
 
 
+def held_out_position_r2(xs: torch.Tensor, y: torch.Tensor, train_pos, test_pos, alpha: float = 1e-3) -> float:
+    """R² of a ridge probe (B, L, d) → (B, L) fitted on the query positions ``train_pos`` (features
+    standardised with their mean/std, target centred) and scored on ``test_pos``: the levels it is
+    scored on were never seen while fitting, so only an ordered coordinate can interpolate them."""
+    X = lambda pos: xs[:, pos].reshape(-1, xs.shape[-1]).double()  # noqa: E731
+    Xtr, Xte, ytr, yte = X(train_pos), X(test_pos), y[:, train_pos].reshape(-1).double(), y[:, test_pos].reshape(-1).double()
+    mu, sd = Xtr.mean(0), Xtr.std(0).clamp_min(1e-8)
+    Xtr, Xte = (Xtr - mu) / sd, (Xte - mu) / sd
+    n, d = Xtr.shape
+    w = torch.linalg.solve(Xtr.T @ Xtr / n + alpha * torch.eye(d, dtype=torch.float64), Xtr.T @ (ytr - ytr.mean()) / n)
+    pred = Xte @ w + ytr.mean()
+    return float(1 - (yte - pred).pow(2).sum() / (yte - yte.mean()).pow(2).sum())
+
+
 @pytest.fixture(scope="module")
 def manifold(bijection_run, init_model) -> dict:
     run, task = bijection_run, bijection_run.task
@@ -99,6 +127,8 @@ def manifold(bijection_run, init_model) -> dict:
     means_pc1, means_rho, means_proj = level_means_manifold(xs, hs)
     means_pc1_init, means_rho_init, _ = level_means_manifold(xs0, hs)
     one, _, _ = pca(xs[0])                                             # one sequence's 9 queries
+    even, odd = list(range(0, hs.shape[1], 2)), list(range(1, hs.shape[1], 2))
+    pos = torch.arange(hs.shape[1], dtype=torch.float64).expand(hs.shape)
     return dict(
         x=x, h=h, proj=proj, ratio=ratio, ratio_init=ratio0,
         pc1=float(ratio[0]), pc2=float(ratio[1]), pcs_for_90pct=int(np.searchsorted(np.cumsum(ratio), 0.9) + 1),
@@ -108,6 +138,12 @@ def manifold(bijection_run, init_model) -> dict:
         ridge_r2=ridge_probe_r2(x, h, alpha=1e-3, generator=g()),
         ridge_r2_shuffled=ridge_probe_r2(x, h_shuffled, alpha=1e-3, generator=g()),
         ridge_r2_init=ridge_probe_r2(x0, h, alpha=1e-3, generator=g()),
+        heldout_pos_r2=held_out_position_r2(xs, hs, even, odd),
+        heldout_pos_r2_init=held_out_position_r2(xs0, hs, even, odd),
+        heldout_pos_r2_odd_to_even=held_out_position_r2(xs, hs, odd, even),
+        heldout_pos_r2_odd_to_even_init=held_out_position_r2(xs0, hs, odd, even),
+        heldout_pos_r2_position=held_out_position_r2(xs, pos, even, odd),
+        extrapolate_r2_first6_to_last3=held_out_position_r2(xs, hs, list(range(6)), [6, 7, 8]),
         pc1_init=float(ratio0[0]), pc1_single_sequence=float(one[0]),
         means_pc1=means_pc1, means_abs_spearman=abs(means_rho), means_proj=means_proj,
         means_pc1_init=means_pc1_init, means_abs_spearman_init=abs(means_rho_init),
@@ -136,12 +172,17 @@ def test_entropy_is_linearly_decodable(lab, manifold):
     axes[2].bar(range(1, 13), m["ratio"][:12], label="trained")
     axes[2].plot(range(1, 13), m["ratio_init"][:12], "C3o-", ms=3, label="init")
     axes[2].axhline(0.8, color="gray", ls=":", label="paper: PC1 > 80 %")
-    axes[2].set(xlabel="component", ylabel="variance share", title=f"PCA spectrum; ridge R² = {m['ridge_r2']:.3f}")
+    axes[2].set(xlabel="component", ylabel="variance share",
+                title=f"held-out-position R² {m['heldout_pos_r2']:.3f} (init {m['heldout_pos_r2_init']:.2f})")
     axes[2].legend(fontsize=7)
     fig.tight_layout()
     lab.savefig(fig, "value_manifold_pca")
     assert m["ridge_r2_shuffled"] <= SHUFFLED_MAX, f"control: a probe on shuffled entropies reached R² {m['ridge_r2_shuffled']:.3f}"
-    assert m["ridge_r2"] >= R2_MIN, f"held-out ridge R² residual → H_Bayes {m['ridge_r2']:.3f} < {R2_MIN}"
+    assert m["heldout_pos_r2_init"] < R2_INIT_MAX, (
+        f"control: the untrained network's probe reaches R² {m['heldout_pos_r2_init']:.3f} ≥ {R2_INIT_MAX} at held-out "
+        f"positions — the test would not show what training adds")
+    assert m["heldout_pos_r2"] >= R2_MIN, (
+        f"probe fitted on even query positions reaches R² {m['heldout_pos_r2']:.3f} < {R2_MIN} on the odd ones")
 
 
 def test_mean_representation_is_a_1d_curve_ordered_by_entropy(lab, manifold):

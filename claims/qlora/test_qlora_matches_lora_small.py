@@ -1,36 +1,46 @@
-"""A frozen 4-bit NF4 base plus LoRA fine-tunes as well as a 32-bit base plus LoRA.
+"""QLoRA on a base that quantisation visibly hurts: the adapters recover the quantisation damage.
 
-Lab notebook. QLoRA's central empirical claim (§4, Tables 3–4): finetuning LoRA adapters on top of
-an NF4 + double-quantised frozen model matches 16-bit LoRA and 16-bit full finetuning — e.g. mean
-5-shot MMLU 53.1 (NF4 + DQ) vs 53.0 (BFloat16) over LLaMA 7–65B.
+Lab notebook. QLoRA's central empirical claim (§4, Tables 3–4): LoRA adapters trained on top of
+an NF4 + double-quantised frozen model match 16-bit LoRA — e.g. mean 5-shot MMLU 53.1 (NF4 + DQ)
+vs 53.0 (BFloat16) over LLaMA 7–65B; the paper reads this as the performance lost to the
+imprecise quantisation being recovered by adapter fine-tuning after quantisation (paraphrase).
 
-Small-model version (labcore.finetuning.recipes): the 2-layer pretrained base, LoRA r = 8, α = 8 on *all*
-linear layers (QLoRA's recipe), 100 steps on task B, the same batches, learning rate LORA_LR:
+Why not NF4 here: this 2-layer base barely notices NF4 + DQ (post-training ΔCE 3.7–6.9e-4 nats,
+fixtures/calibration/qlora_ptq_ordering_small.json), so "QLoRA ≈ LoRA" at NF4 passed even with
+adapters that recover nothing (audit, 2026-12). The coarser grid below — **2-bit NormalFloat
+(``nf_codebook(2)``: −1, 0, 0.34, 1) in blocks of 1024, + DQ** — is a stand-in for a base model
+where 4-bit quantisation hurts (larger LLMs have outlier features that 4-bit does notice); it is
+*not* the paper's data type, and nothing here says NF4 on a large model behaves the same.
 
-* **fp32 LoRA**: the base in fp32, reference LoRALinear;
-* **QLoRA (fake NF4)**: the base's linear weights replaced by their NF4 + DQ round trip (what the
-  4-bit forward pass computes: bitsandbytes dequantises before the matmul), reference LoRALinear;
-* **QLoRA (bitsandbytes)**: real ``Linear4bit`` layers (NF4, DQ, fp32 compute) with peft's 4-bit
-  LoRA, guarded against the CPU repacking pitfall (labcore.finetuning.quant.guard_linear4bit_cpu).
+Arms, all-linear LoRA r = 8, α = 8, 100 steps on task B, the same batches, lr LORA_LR:
 
-The two QLoRA variants hold the same frozen weights (fake quantisation reproduces bitsandbytes'
-dequantised NF4 + DQ weights up to one step of the 8-bit constants; recorded) but different LoRA
-inits (reference vs peft), so their difference is a measure of init noise. Control: the fine-tuning gain over the base is ≫ the
-tolerance, so "equal" is not "nothing learned". Measured (seeds 0–4): fp32 LoRA 1.659–1.661, fake
-NF4 QLoRA 1.658–1.661, bitsandbytes QLoRA 1.659–1.661 (base 2.080–2.101, oracle 1.635); the
-frozen weights of the two QLoRA variants differ by ≤ 0.9 % of a matrix's largest weight.
+* **fp32 LoRA** (16-bit LoRA's stand-in): L_lora;
+* **QLoRA nf2/1024 + DQ** (fake quantisation: quantise → dequantise the frozen base): L_qlora;
+* control **LoRA, then quantise**: the fp32 LoRA model with its frozen base weights quantised
+  afterwards (the adapters never saw the quantiser): L_naive. The quantisation damage at the
+  fine-tuned point is G = L_naive − L_lora;
+* control **quantised base, no adapters**: L_q0.
+
+Recovery R = (L_naive − L_qlora) / G — the share of the damage that training the adapters
+*through* the quantised base wins back (1 = matches 16-bit LoRA, 0 = no better than quantising
+after the fact). The no-adapter arm's recovery on the same scale, (L_naive − L_q0) / G, is hugely
+negative and must fail the bound; so must the LoRA-then-quantise arm (R = 0 by definition). The
+NF4 + DQ QLoRA difference is recorded (not asserted) for comparison with the old claim.
+Prediction (written before seeds 0–4, from one exploratory seed-0 run: G 0.079, R 0.96):
+G ≥ 0.03 nats in every seed and R ≥ 0.8. Measured: see the calibration table.
 """
 
-import matplotlib.pyplot as plt
-import pytest
+import copy
 
+import matplotlib.pyplot as plt
 
 from labcore.finetuning import quantized as QM
-from labcore.notebook.claims import Claim, Source
 from labcore.finetuning.recipes import FinetuneRecipe
+from labcore.notebook.claims import Claim, Source
+from labcore.tasks.markov_domains import expected_loss
 
-#: Seed-to-seed std (seeds 0–4) of the paired difference L(QLoRA) − L(fp32 LoRA) (nats).
-SIGMA = 0.00105
+QUANT, BLOCK = "nf2", 1024
+R_MIN, GAP_MIN = 0.8, 0.03
 
 CLAIM = Claim(
     id="qlora_matches_lora_small",
@@ -45,55 +55,70 @@ CLAIM = Claim(
         where="§4 (“k-bit QLoRA matches 16-bit full finetuning and 16-bit LoRA performance”), Tables 3–4",
     ),
     paper_value="MMLU 5-shot mean: NF4+DQ 53.1 vs BFloat16 53.0; GLUE/Super-NaturalInstructions on par",
-    prediction="Final task-B loss of NF4+DQ QLoRA (fake and bitsandbytes) within 2 % of fp32 LoRA (all linear, r=8).",
-    metric="final expected CE on 512 held-out task-B sequences after 100 steps",
-    tolerance="|L(QLoRA) − L(fp32 LoRA)| ≤ max(2 % · L(fp32 LoRA), 2σ); control: fine-tuning gain ≥ 5 × tolerance",
+    prediction=(
+        "On a base where the quantiser hurts (2-bit NF, blocks of 1024, + DQ: a stand-in for a model that "
+        "4-bit quantisation hurts), QLoRA recovers ≥ 80 % of the damage G = L(LoRA, then quantise) − "
+        "L(fp32 LoRA), with G ≥ 0.03 nats; the no-adapter quantised base and LoRA-then-quantise fail the bound."
+    ),
+    metric="final expected CE on 512 held-out task-B sequences after 100 steps; recovery R = (L_naive − L_qlora) / G",
+    tolerance=f"G ≥ {GAP_MIN} nats (control: quantisation must hurt); R(QLoRA) ≥ {R_MIN}; controls: "
+              f"R(no adapters) < {R_MIN} and R(LoRA then quantise) = 0 < {R_MIN}",
     tolerance_why=(
-        "σ = seed-to-seed std (seeds 0–4) of the paired difference: 0.00078 (fake NF4) and 0.00105 "
-        "(bitsandbytes), so 2 % of the loss (≈ 0.033 nats, the research note's QL-3 bound) binds. "
-        "Measured differences: fake −0.0010…+0.0009, bitsandbytes −0.0009…+0.0019 nats — 17× inside "
-        "the tolerance; the gain over the base (0.42–0.44) is 13× the tolerance."
+        "Set before the seed sweep from one exploratory seed-0 run (G 0.079, R 0.96) and the old claim's "
+        "paired noise (σ ≈ 0.001 nats, i.e. ≈ 0.013 in R at G ≈ 0.08): 0.8 leaves > 10σ for seed-to-seed "
+        "variation of G. Seeds 0–4 (table): G 0.049–0.079, R 0.925–0.964 (QLoRA stays 0.0025–0.0037 nats "
+        "above fp32 LoRA: close, not equal), no-adapter recovery −9.9…−5.6; 0.8 is ≈ 8 seed-std below the "
+        "smallest R. Fresh seeds 100–104 (never used to choose anything): see docs/papers/qlora.md."
     ),
     tier="quick",
     calibration="fixtures/calibration/qlora_matches_lora_small.json",
 )
 
-RECIPES = {
-    "fp32 LoRA": FinetuneRecipe(method="lora", targets="all_linear", r=8, alpha=8),
-    "QLoRA fake NF4+DQ": FinetuneRecipe(method="qlora", targets="all_linear", r=8, alpha=8, quant="nf4", backend="fake"),
-    "QLoRA bnb NF4+DQ": FinetuneRecipe(method="qlora", targets="all_linear", r=8, alpha=8, quant="nf4", backend="bnb"),
-}
+LORA = FinetuneRecipe(method="lora", targets="all_linear", r=8, alpha=8)
+QLORA = FinetuneRecipe(method="qlora", targets="all_linear", r=8, alpha=8, quant=QUANT, block_size=BLOCK, backend="fake")
+QLORA_NF4 = FinetuneRecipe(method="qlora", targets="all_linear", r=8, alpha=8, quant="nf4", backend="fake")
 
 
-def test_4bit_base_plus_lora_matches_fp32_base_plus_lora(lab, finetune_lab):
-    names = [n for n in RECIPES if "bnb" not in n or QM.bnb_available()]
-    runs = {n: finetune_lab.run(RECIPES[n]) for n in names}
-    ref = runs["fp32 LoRA"].final["B"]
-    base = finetune_lab.base_loss("B")
-    tol = max(0.02 * ref, 2 * SIGMA)
-    diffs = {n: runs[n].final["B"] - ref for n in names if n != "fp32 LoRA"}
-    w_diff = None
-    if "QLoRA bnb NF4+DQ" in runs:  # frozen weights of the two QLoRA variants
-        fb, ff = runs["QLoRA bnb NF4+DQ"].factors(), runs["QLoRA fake NF4+DQ"].factors()
-        w_diff = max(float((fb[k].W0 - ff[k].W0).abs().max() / ff[k].W0.abs().max()) for k in ff)
+def quantised(model):
+    """A copy of ``model`` whose frozen linear weights go through the QLoRA arm's quantiser."""
+    model = copy.deepcopy(model)
+    QM.fake_quantize_model(model, QUANT, block_size=BLOCK, double_quant=True)
+    return model
+
+
+def test_qlora_recovers_the_quantisation_damage(lab, finetune_lab):
+    fl = finetune_lab
+    lora, qlora, nf4 = fl.run(LORA), fl.run(QLORA), fl.run(QLORA_NF4)
+    evalset = fl.eval_set("B")
+    l_lora, l_qlora = lora.final["B"], qlora.final["B"]
+    l_naive = expected_loss(quantised(lora.model), evalset)       # LoRA, then quantise
+    l_q0 = expected_loss(quantised(fl.base_copy()), evalset)      # quantised base, no adapters
+    gap = l_naive - l_lora
+    rec = lambda loss: (l_naive - loss) / gap  # noqa: E731
+    recovery, recovery_no_adapters = rec(l_qlora), rec(l_q0)
+    base = fl.base_loss("B")
     lab.record(
-        **{f"loss_{n.split()[0].lower()}_{n.split()[1].lower()}": r.final["B"] for n, r in runs.items()},
-        diffs=diffs, tolerance=tol, loss_base=base, gain=base - ref, oracle=finetune_lab.oracle("B"),
-        forgetting_A={n: r.final["A"] - finetune_lab.base_loss("A") for n, r in runs.items()},
-        trainable_params={n: r.trainable_params for n, r in runs.items()}, bnb_tested="QLoRA bnb NF4+DQ" in runs,
-        frozen_weight_rel_diff_bnb_vs_fake=w_diff,
+        loss_fp32_lora=l_lora, loss_qlora=l_qlora, loss_lora_then_quantise=l_naive, loss_quantised_base=l_q0,
+        loss_base=base, oracle=fl.oracle("B"), gap=gap, recovery=recovery,
+        recovery_no_adapters=recovery_no_adapters, residual_qlora=l_qlora - l_lora,
+        recovery_vs_quantised_base=(l_q0 - l_qlora) / (l_q0 - l_lora),
+        ptq_damage_base=l_q0 - base, nf4_qlora_minus_lora=nf4.final["B"] - l_lora,
+        forgetting_A={r.recipe.label: r.final["A"] - fl.base_loss("A") for r in (lora, qlora, nf4)},
+        quant=QUANT, block_size=BLOCK,
     )
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    for n, run in runs.items():
-        ax.plot(run.curve_steps, run.curves["B"], label=f"{n}: {run.final['B']:.3f}")
-    ax.axhline(finetune_lab.oracle("B"), color="gray", ls=":", label="oracle")
-    ax.set(xlabel="fine-tuning step", ylabel="expected CE on task B (nats)", title="all-linear LoRA r=8: fp32 vs 4-bit base")
+    for name, run in (("fp32 LoRA", lora), (f"QLoRA {QUANT}/{BLOCK}+DQ", qlora), ("QLoRA nf4+DQ", nf4)):
+        ax.plot(run.curve_steps, run.curves["B"], label=f"{name}: {run.final['B']:.3f}")
+    ax.axhline(l_naive, color="C3", ls="--", label=f"LoRA, then quantise: {l_naive:.3f}")
+    ax.axhline(fl.oracle("B"), color="gray", ls=":", label="oracle")
+    ax.set(xlabel="fine-tuning step", ylabel="expected CE on task B (nats)",
+           title=f"recovery of the {QUANT}/{BLOCK} damage: {recovery:.0%}")
     ax.legend(fontsize=7)
-    lab.savefig(fig, "qlora_vs_lora")
+    lab.savefig(fig, "qlora_recovery")
 
-    assert base - ref >= 5 * tol, f"control: fine-tuning gain {base - ref:.3f} is not ≥ 5 × tolerance {tol:.3f}"
-    for n, d in diffs.items():
-        assert abs(d) <= tol, f"{n}: final loss differs from fp32 LoRA by {d:+.4f} (tolerance {tol:.4f})"
-    if "QLoRA bnb NF4+DQ" not in runs:
-        pytest.skip("bitsandbytes not installed: only the fake-quantised QLoRA was compared")
+    assert gap >= GAP_MIN, f"control: quantising the fine-tuned model costs only {gap:.4f} nats (< {GAP_MIN}): nothing to recover"
+    assert recovery_no_adapters < R_MIN, f"control: the quantised base without adapters 'recovers' {recovery_no_adapters:.2f}"
+    assert recovery >= R_MIN, (
+        f"QLoRA recovers {recovery:.2f} of the quantisation damage G = {gap:.4f} nats (< {R_MIN}): "
+        f"L_qlora {l_qlora:.4f}, L_lora {l_lora:.4f}, L_naive {l_naive:.4f}")

@@ -22,6 +22,8 @@ Codebooks (all normalised so that max |value| = 1):
 * ``nf4_codebook``  NormalFloat: quantiles of N(0, 1), asymmetric, 8 positive / 7 negative / 0.
 * ``fp4_codebook``  bitsandbytes' FP4 (E2M1: 1 sign, 2 exponent, 1 mantissa bit, bias 2).
 * ``int4_codebook`` symmetric integers -7..7 / 7 (15 levels, exact zero).
+* ``nf_codebook(bits)`` the NormalFloat construction at 2 or 3 bits ("nf2", "nf3"): coarser grids
+  used as a stand-in for a base model whose 4-bit quantisation hurts (claims/qlora).
 
 Applying these to whole models (fake quantisation, bitsandbytes ``Linear4bit`` layers, the CPU
 repacking guard, footprints) is ``labcore.finetuning.quantized``.
@@ -42,6 +44,7 @@ __all__ = [
     "nf4_codebook",
     "fp4_codebook",
     "int4_codebook",
+    "nf_codebook",
     "dynamic_map_8bit",
     "get_codebook",
     "quantize_blockwise",
@@ -90,6 +93,21 @@ def nf4_codebook(offset: float = NF4_OFFSET) -> torch.Tensor:
     negative = -norm.ppf(torch.linspace(offset, 0.5, 8)[:-1].double().numpy())
     values = torch.tensor([*positive.tolist(), 0.0, *negative.tolist()], dtype=torch.float32)
     values = values.sort().values
+    return values / values.max()
+
+
+def nf_codebook(bits: int, offset: float = NF4_OFFSET) -> torch.Tensor:
+    """NormalFloat with 2**bits values, built exactly as ``nf4_codebook`` (which is bits=4):
+    2**(bits-1) positive quantiles, 2**(bits-1) − 1 negative ones and an exact zero, same offset.
+    bits=3 → 8 values ("nf3"), bits=2 → 4 values ("nf2": −1, 0, and two positive levels)."""
+    from scipy.stats import norm
+
+    if bits not in (2, 3, 4):
+        raise ValueError(f"nf_codebook supports 2, 3 or 4 bits, got {bits}")
+    half = 2 ** (bits - 1)
+    positive = norm.ppf(torch.linspace(offset, 0.5, half + 1)[:-1].double().numpy())
+    negative = -norm.ppf(torch.linspace(offset, 0.5, half)[:-1].double().numpy())
+    values = torch.tensor([*positive.tolist(), 0.0, *negative.tolist()], dtype=torch.float32).sort().values
     return values / values.max()
 
 
@@ -148,6 +166,8 @@ _CODEBOOKS: dict[str, Callable[[], torch.Tensor]] = {
     "nf4": nf4_codebook,
     "fp4": fp4_codebook,
     "int4": int4_codebook,
+    "nf3": lambda: nf_codebook(3),
+    "nf2": lambda: nf_codebook(2),
     "dynamic8": dynamic_map_8bit,
 }
 

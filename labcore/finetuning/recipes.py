@@ -60,7 +60,9 @@ class FinetuneRecipe:
     r, alpha  rank and α; the update is (α/r)·B·A (LoRA §4.1)
     lr        peak learning rate; None → LORA_LR for LoRA/QLoRA, FULL_LR for full fine-tuning
     impl      "reference" (labcore.finetuning.lora.LoRALinear) or "peft"; backend "bnb" always uses peft
-    quant     QLoRA storage type of the frozen base: "nf4", "fp4" or "int4"
+    quant     QLoRA storage type of the frozen base: "nf4", "fp4", "int4" (or, fake backend only,
+              the coarser "nf3"/"nf2" of ``labcore.finetuning.quant.nf_codebook``)
+    block_size  QLoRA quantisation block (64 as in the paper; larger blocks quantise coarser; fake only)
     backend   QLoRA: "fake" (quantise → dequantise in fp32) or "bnb" (bitsandbytes Linear4bit,
               nf4/fp4 only, guarded against the CPU repacking pitfall)
     task      the fine-tuning task ("B", or "far" for the far control)
@@ -77,6 +79,7 @@ class FinetuneRecipe:
     warmup_steps: int = 10
     impl: Literal["reference", "peft"] = "reference"
     quant: str = "nf4"
+    block_size: int = 64
     double_quant: bool = True
     backend: Literal["fake", "bnb"] = "fake"
     task: str = "B"
@@ -95,6 +98,8 @@ class FinetuneRecipe:
             raise ValueError(f"backend must be fake or bnb, got {self.backend!r}")
         if self.backend == "bnb" and self.quant not in ("nf4", "fp4"):
             raise ValueError("bitsandbytes stores nf4 or fp4 only; use backend='fake' for int4")
+        if self.backend == "bnb" and self.block_size != 64:
+            raise ValueError("the bitsandbytes backend is used with blocks of 64 only; use backend='fake'")
 
     @property
     def peak_lr(self) -> float:
@@ -112,6 +117,8 @@ class FinetuneRecipe:
             name = ("LoRA" if self.method == "lora" else f"QLoRA {self.quant}") + f" {where} r={self.r}"
             if self.alpha != 8.0:
                 name += f" α={self.alpha:g}"
+            if self.method == "qlora" and self.block_size != 64:
+                name += f" block={self.block_size}"
         if self.lr is not None:
             name += f" lr={self.lr:g}"
         return name
@@ -174,7 +181,7 @@ def prepare(base: nn.Module, recipe: FinetuneRecipe, seed: int) -> tuple[nn.Modu
     names = L.resolve_targets("labcore", keys)
     if recipe.method == "qlora":
         if recipe.backend == "fake":
-            QM.fake_quantize_model(model, recipe.quant, double_quant=recipe.double_quant)
+            QM.fake_quantize_model(model, recipe.quant, block_size=recipe.block_size, double_quant=recipe.double_quant)
         else:
             QM.quantize_model_4bit(model, recipe.quant, double_quant=recipe.double_quant, guard=True)
     use_peft = recipe.impl == "peft" or (recipe.method == "qlora" and recipe.backend == "bnb")
