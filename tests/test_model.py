@@ -179,3 +179,47 @@ def test_per_head_results_follow_a_wrapped_w_o():
     _, cache = model.run_with_cache(tokens)
     torch.testing.assert_close(cache["result", 0].sum(2), cache["attn_out", 0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(model.unembed(cache["resid_post", 1]), fused, rtol=1e-5, atol=1e-5)
+
+
+def _by_hand(model: GPT, tokens: torch.Tensor, post: bool) -> torch.Tensor:
+    """The block written out: pre-norm x + f(LN(x)) with a final LN, or post-norm LN(x + f(x)) without."""
+    import torch.nn.functional as F
+
+    def ln(norm, x):
+        return F.layer_norm(x, (x.shape[-1],), norm.norm.weight, None, model.cfg.norm_eps)
+
+    x = model.W_E(tokens) + model.W_pos.weight[: tokens.shape[1]]
+    for b in model.blocks:
+        if post:
+            x = ln(b.ln1, x + b.attn(x, None))
+            x = ln(b.ln2, x + b.mlp(x))
+        else:
+            x = x + b.attn(ln(b.ln1, x), None)
+            x = x + b.mlp(ln(b.ln2, x))
+    return (x if post else ln(model.ln_final, x)) @ model.W_E.weight.T
+
+
+def test_post_norm_block_is_norm_after_the_residual_add():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, n_ctx=8, d_model=16, n_layers=3, n_heads=2, init_std=0.3,
+                          norm_position="post"))
+    with torch.no_grad():
+        for b in model.blocks:
+            b.ln1.norm.weight.uniform_(0.5, 1.5)
+    tokens = torch.randint(0, 11, (2, 7))
+    torch.testing.assert_close(model(tokens), _by_hand(model, tokens, post=True), rtol=1e-5, atol=1e-5)
+    assert not any("ln_final" in name for name, _ in model.named_parameters())  # no final norm in post-LN
+    _, cache = model.run_with_cache(tokens)
+    rms = cache["resid_post", 2].pow(2).mean(-1).sqrt()  # every block output is normalised
+    torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-3, atol=1e-3)
+
+
+def test_pre_norm_default_is_unchanged_bitwise():
+    cfg = GPTConfig(vocab_size=11, n_ctx=8, d_model=16, n_layers=3, n_heads=2, init_std=0.3)
+    assert cfg.norm_position == "pre" and GPTConfig.from_json(cfg.to_json()) == cfg
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    tokens = torch.randint(0, 11, (2, 7))
+    assert torch.equal(model(tokens), _by_hand(model, tokens, post=False))
+    with pytest.raises(ConfigError, match="norm_position"):
+        GPTConfig(norm_position="middle")

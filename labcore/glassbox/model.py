@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Literal
 
 import torch
@@ -56,6 +56,9 @@ class GPTConfig:
     # F.scaled_dot_product_attention whenever no hook on q/k/scores/pattern/z is active;
     # "auto" = sdpa on CUDA tensors only (CPU runs stay bitwise identical to "manual")
     attn_impl: Literal["auto", "manual", "sdpa"] = "auto"
+    # "pre": x + sublayer(norm(x)), final norm before the unembedding (GPT-2); "post": norm(x + sublayer(x)),
+    # no final norm (Vaswani et al. 2017; the post-LN of Xiong et al. 2020, arXiv 2002.04745)
+    norm_position: Literal["pre", "post"] = "pre"
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ConfigError:
@@ -81,6 +84,8 @@ class GPTConfig:
             raise bad("attn_impl", "use one of auto, manual, sdpa")
         if self.mlp not in ("gelu", "swiglu", "none"):
             raise bad("mlp", "use one of gelu, swiglu, none")
+        if self.norm_position not in ("pre", "post"):
+            raise bad("norm_position", "use one of pre, post")
         if self.positional == "rope" and self.head_dim % 2:
             raise bad("d_head", "RoPE rotates pairs of dimensions, so d_head must be even")
         if self.positional == "sinusoidal" and self.d_model % 2:
@@ -263,10 +268,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm block: resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid))."""
+    """Pre-norm block: resid_mid = resid_pre + attn(ln1(resid_pre)); resid_post = resid_mid + mlp(ln2(resid_mid)).
+
+    With GPTConfig.norm_position="post" the norms come after the residual add instead (_forward_post).
+    """
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
+        self.post_norm = cfg.norm_position == "post"
         self.hook_resid_pre = HookPoint()  # (B, T, d)
         self.ln1 = Norm(cfg)
         self.attn = Attention(cfg)
@@ -280,11 +289,22 @@ class Block(nn.Module):
         self.hook_resid_post = HookPoint()  # (B, T, d)
 
     def forward(self, resid: torch.Tensor, rope) -> torch.Tensor:
+        if self.post_norm:
+            return self._forward_post(resid, rope)
         resid = self.hook_resid_pre(resid)
         resid = resid + self.hook_attn_out(self.attn(self.ln1(resid), rope))
         if self.has_mlp:
             resid = self.hook_resid_mid(resid)
             resid = resid + self.hook_mlp_out(self.mlp(self.ln2(resid)))
+        return self.hook_resid_post(resid)
+
+    def _forward_post(self, resid: torch.Tensor, rope) -> torch.Tensor:
+        """Post-norm: resid_mid = ln1(resid_pre + attn(resid_pre)); resid_post = ln2(resid_mid + mlp(resid_mid))."""
+        resid = self.hook_resid_pre(resid)
+        resid = self.ln1(resid + self.hook_attn_out(self.attn(resid, rope)))
+        if self.has_mlp:
+            resid = self.hook_resid_mid(resid)
+            resid = self.ln2(resid + self.hook_mlp_out(self.mlp(resid)))
         return self.hook_resid_post(resid)
 
 
@@ -309,7 +329,8 @@ class GPT(HookedModule):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.ln_final = Norm(cfg)
+        # post-norm: the last block already ends in a norm, so no final one (no parameters, hook kept)
+        self.ln_final = Norm(replace(cfg, norm="none") if cfg.norm_position == "post" else cfg)
         if not cfg.tied_embeddings:
             self.W_U = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.reset_parameters()
