@@ -49,9 +49,15 @@ CLAIM = Claim(
     tolerance="d_k=256: ratio ≥ 1.5 in every seed; d_k=4 (control): every arm ≤ chance − 0.4 nats and "
               "|ratio − 1| ≤ 0.25 in every seed",
     tolerance_why=(
-        "lab calibrate, 5 runs × 3 seeds (model seeds 0–6) at 250 steps: per-seed ratio at d_k=256 "
-        "2.80–5.12 (smallest per run: median 2.80, max 3.96); at d_k=16 0.996–1.016. 1.5 (the research "
-        "note's threshold) is < 0.55× the smallest ratio seen; ±0.1 is > 6× the control's largest deviation."
+        "Bounds written before calibrating (see the prediction in the docstring) and not changed after. "
+        "lab calibrate seeds 0–4 (each run trains model seeds s..s+2, so model seeds 0–6; windows overlap), "
+        "250 steps, 5/5 runs pass: d_k=256 per-seed raw/scaled ratio 2.51–3.46 (smallest per run 2.51–2.90), "
+        "raw arm 2.20–2.37 nats vs scaled 0.65–0.93; d_k=4 control ratio 1.05–1.13, arms 1.80–2.22 nats "
+        "(worst arm 2.04–2.22). Fresh seeds 100–104 (model seeds 100–106, /tmp/audit-fresh), 5/5 pass: "
+        "d_k=256 ratio 2.45–3.73 (smallest per run 2.45–3.13); d_k=4 ratio 1.05–1.14, worst arm 2.28–2.32 nats. "
+        "1.5 is ≤ 0.61× the smallest large-d_k ratio seen; the control's ±0.25 is > 1.7× its largest "
+        "deviation (0.14). The tightest bound is the control's 'learned' margin: chance 2.77 − 0.4 = 2.37 nats "
+        "vs worst arm 2.32 (fresh), only 0.05 nats of slack; the raw d_k=4 arm learns least."
     ),
     tier="quick",
     calibration="fixtures/calibration/aiayn_scaled_attention_trains.json",
