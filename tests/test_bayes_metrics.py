@@ -145,7 +145,7 @@ def test_mean_curve_is_weaker():
 
 def test_offslice_and_value_slice():
     task = BijectionTask(5, 4)
-    b = task.sample(3, gen(0))
+    task.sample(3, gen(0))
     logits = torch.zeros(3, task.seq_len, task.vocab_size + 6)   # padded vocabulary
     lq = bayes.value_slice_log_probs(logits, task)
     assert lq.shape == (3, 4, 5) and lq.dtype == torch.float64

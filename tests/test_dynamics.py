@@ -7,7 +7,6 @@ landscape ↔ direct evaluation; lr_sweep ↔ the 2/λ_max edge of gradient desc
 
 from __future__ import annotations
 
-import ast
 import math
 
 import numpy as np
@@ -47,7 +46,6 @@ from labcore.dynamics.toy import (
     bowl_loss,
     bowl_noise,
 )
-from labcore.files import repo_root
 from labcore.training.trainer import TrainConfig, seeded_model, train
 
 TINY_GPT = GPTConfig(vocab_size=12, n_ctx=12, d_model=16, n_layers=1, n_heads=2)
@@ -332,18 +330,3 @@ def test_lr_sweep_on_a_tiny_gpt_flags_divergence():
     cfg = TrainConfig(steps=12, optimizer="sgd", grad_clip=None, track_update_ratio=False)
     sweep = lr_sweep(lambda: GPT(TINY_GPT), copy_task, cfg, [0.3, 1e5], tail=3)
     assert not sweep.diverged[0] and sweep.diverged[1] and sweep.edge == (0.3, 1e5)
-
-
-# ---------------------------------------------------------------- house rules for the new package
-
-
-def test_dynamics_is_science_small_and_never_imports_the_notebook():
-    for path in sorted((repo_root() / "labcore" / "dynamics").glob("*.py")):
-        text = path.read_text()
-        assert len(text.splitlines()) <= 450, path.name
-        for node in ast.walk(ast.parse(text)):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                assert not any(m.startswith("labcore.notebook") for m in mods), path.name
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                assert node.end_lineno - node.lineno < 60, f"{path.name}:{node.name}"

@@ -385,7 +385,7 @@ def attention_map_correlation(patterns_a, patterns_b) -> np.ndarray:
 def layer_residuals(model, tokens: torch.Tensor, include_embed: bool = True) -> list[torch.Tensor]:
     """The residual stream after the embedding (``blocks.0.hook_resid_pre``, if ``include_embed``)
     and after every block (``blocks.{l}.hook_resid_post``): a list of (B, T, d) tensors."""
-    names = ([f"blocks.0.hook_resid_pre"] if include_embed else []) + [
+    names = (["blocks.0.hook_resid_pre"] if include_embed else []) + [
         f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)
     ]
     _, cache = model.run_with_cache(tokens, names_filter=names)
