@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from labcore.finetuning import lora as L
 from labcore.notebook.claims import Claim, Source
 from labcore.finetuning.lora import lora_factors
+from labcore.glassbox.modes import logits_of
 
 CLAIM = Claim(
     id="lora_zero_init",
@@ -68,10 +69,6 @@ def _adapt(base, impl):
     return model
 
 
-def _logits(out):
-    return out.logits if hasattr(out, "logits") else out
-
-
 def _lora_grads(model):
     """{layer: (‖∂L/∂A‖, max|∂L/∂A|, ‖∂L/∂B‖)} from the .grad of every LoRA factor."""
     out = {}
@@ -98,7 +95,7 @@ def test_step0_is_the_base_model_and_only_b_gets_gradient(lab, finetune_lab, imp
     history = []  # per step: max|Δlogit|, ‖∂L/∂A‖, ‖∂L/∂B‖ (summed over layers)
     for step in range(STEPS_SHOWN):
         model.train()
-        logits = _logits(model(batch.tokens))
+        logits = logits_of(model(batch.tokens))
         delta = float((logits.detach() - base_logits).abs().max())
         loss = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten())
         opt.zero_grad(set_to_none=True)

@@ -50,7 +50,7 @@ from labcore.notebook.history import git_state, new_run_id, package_versions
 # recorder.py is a plugin module too (pytest_plugins below): mark it for assertion rewriting
 # before this module imports it, as pytest would have.
 pytest.register_assert_rewrite("labcore.notebook.recorder")
-from labcore.notebook.recorder import SESSION_KEY, LabSession, session_of
+from labcore.notebook.recorder import SESSION_KEY, LabSession, claim_of, session_of
 from labcore.files import RESULTS_ENV, ResultsDirError, repo_root, results_dir
 
 # The lab fixture and the history records live in their own plugin module.
@@ -329,12 +329,6 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> 
     if _is_claim_file(module_path, parent.config):
         return ClaimModule.from_parent(parent, path=module_path)
     return None
-
-
-def claim_of(node: pytest.Item) -> Claim | None:
-    """The claim an item belongs to, or None for tests outside claim files."""
-    module = node.getparent(ClaimModule)
-    return module.claim if module is not None else None
 
 
 _MARK_CALL_ARGS = re.compile(r"\(\s*\w+\s*=[^()]*\)")  # -m "mark(kw=1)" keyword arguments

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from labcore.files import repo_root
+from labcore.glassbox.modes import logits_of
 
 __all__ = [
     "DOMAINS",
@@ -155,8 +156,7 @@ def random_windows(ids: torch.Tensor, seq_len: int, batch_size: int, generator: 
 
 
 def _logits(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    out = model(input_ids=input_ids)
-    return out.logits if hasattr(out, "logits") else out
+    return logits_of(model(input_ids=input_ids))
 
 
 def causal_lm_loss(model: nn.Module, batch) -> torch.Tensor:
