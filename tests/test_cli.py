@@ -451,14 +451,43 @@ def test_calibrate_check_states(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_a_confirmed_claim_needs_fresh_seeds_all_passing(tmp_path: Path) -> None:
-    from labcore.notebook.calibration_check import check_calibrations
+    from labcore.notebook.calibration_check import HASH_FIELD, check_calibrations, claim_source_sha256
 
     table = {"seeds": [0, 1, 2], "tests": {"t": {"pass_rate": 1.0}}}
     root = _checked_project(tmp_path, table, calibration="fixtures/c.json", status="confirmed")
     code, text = check_calibrations(root)
-    assert code == 1 and "seeds are not all fresh" in text
-    (root / "fixtures" / "c.json").write_text(json.dumps({"seeds": [100, 101], "tests": {"t": {"pass_rate": 0.5}}}))
+    assert code == 1 and "no fresh-seed table" in text
+    code_hash = claim_source_sha256(root / "claims" / "attention" / "test_c.py")
+    (root / "fixtures" / "c.json").write_text(  # a claim calibrated on fresh seeds only
+        json.dumps({"seeds": [100, 101], "tests": {"t": {"pass_rate": 0.5}}, HASH_FIELD: code_hash}))
     assert "did not pass on every fresh seed" in check_calibrations(root)[1]
+
+
+def test_fresh_seeds_live_in_their_own_table_beside_the_exploration_table(tmp_path: Path) -> None:
+    from labcore.notebook.calibration_check import HASH_FIELD, check_calibrations, claim_source_sha256
+
+    root = _checked_project(tmp_path, {"seeds": [0, 1]}, calibration="fixtures/c.json", status="confirmed")
+    code, text = check_calibrations(root)
+    assert code == 1 and "no fresh-seed table" in text
+    code_hash = claim_source_sha256(root / "claims" / "attention" / "test_c.py")
+    fresh = {"seeds": [100, 101], "tests": {"t": {"pass_rate": 1.0}}, HASH_FIELD: code_hash}
+    (root / "fixtures" / "c.fresh.json").write_text(json.dumps(fresh))
+    assert check_calibrations(root) == (0, "calibration tables: 1 ok")  # the fresh table verifies an old one
+    (root / "fixtures" / "c.fresh.json").write_text(json.dumps({**fresh, HASH_FIELD: "old"}))
+    code, text = check_calibrations(root)
+    assert code == 1 and "fresh-seed table" in text and "stale" in text
+    path = root / "claims" / "attention" / "test_c.py"
+    path.write_text(path.read_text().replace('status=\'confirmed\',', ""))
+    (root / "fixtures" / "c.fresh.json").write_text(json.dumps(fresh))
+    code, text = check_calibrations(root)
+    assert code == 0 and "confirmable" in text and "set status='confirmed'" in text
+
+
+def test_a_fresh_seed_run_writes_the_fresh_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    project = make_project(tmp_path / "project", "wrong_claim", WRONG_BODY)
+    assert calibrate("wrong_claim", seeds=1, start=100, out_dir=tmp_path / "cal", cwd=project, echo=lambda _: None) == 0
+    assert sorted(p.name for p in (tmp_path / "cal").iterdir()) == ["wrong_claim.fresh.json"]
 
 
 def test_calibrate_without_a_marker_or_seeds_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -34,7 +34,9 @@ from labcore.notebook.history import package_versions, read_history, utc_now_iso
 from labcore.files import CACHE_ENV, ResultsDirError, cache_dir, repo_root
 from labcore.files import atomic_write_text
 from labcore.notebook.log import format_table, is_number
-from labcore.notebook.calibration_check import HASH_DEFINITION, HASH_FIELD, check_command, claim_file_of, claim_source_sha256
+from labcore.notebook.calibration_check import (HASH_DEFINITION, HASH_FIELD, check_command, claim_file_of,
+                                                claim_source_sha256, fresh_table_name)
+from labcore.notebook.claims import FRESH_SEED_START
 
 __all__ = ["calibrate", "check_command", "CalibrationError"]
 
@@ -215,7 +217,9 @@ def write_calibration_files(
     source_root: Path | None = None,
 ) -> list[Path]:
     """One ``<claim>.json`` per claim in ``out_dir`` (atomic writes), with the hash of the claim
-    file's code (test node ids are relative to ``source_root``, where pytest ran)."""
+    file's code (test node ids are relative to ``source_root``, where pytest ran). A run over fresh
+    seeds only (all >= 100) writes ``<claim>.fresh.json`` instead, beside the exploration table it
+    confirms: the seeds that chose the tolerance and the seeds that test it stay apart."""
     written = []
     for claim, table in tables.items():
         claim_file = claim_file_of(table["tests"], source_root) if source_root else None
@@ -234,7 +238,8 @@ def write_calibration_files(
             HASH_FIELD: claim_source_sha256(claim_file) if claim_file else None,
             "claim_source_hash": HASH_DEFINITION,
         }
-        written.append(atomic_write_text(out_dir / f"{claim}.json", json.dumps(document, indent=2) + "\n"))
+        name = fresh_table_name(claim) if seeds and min(seeds) >= FRESH_SEED_START else f"{claim}.json"
+        written.append(atomic_write_text(out_dir / name, json.dumps(document, indent=2) + "\n"))
     return written
 
 

@@ -10,9 +10,10 @@ change to the experiment or its assertions stales it. (Code the claim calls in `
 not hashed: the model cache already retrains on such changes, and its tests pin it.)
 
 ``--check`` exits 1 when a claim's code changed after its table was written, when a claim cites a
-table that does not exist, or when a ``status="confirmed"`` claim's table does not show fresh
-seeds (>= 100) all passing. Tables without a hash (written before the check existed) are listed
-as "unverified" and do not fail the check: recalibrate them to verify them.
+table that does not exist, or when a ``status="confirmed"`` claim has no fresh-seed table
+(``<claim>.fresh.json``, written by ``lab calibrate <claim> --seeds 5 --start 100``) with every
+test passing. Tables without a hash (written before the check existed) are listed as "unverified"
+and do not fail the check: recalibrate them, or confirm the claim on fresh seeds, to verify them.
 """
 
 from __future__ import annotations
@@ -60,7 +61,19 @@ def claim_file_of(tests: dict[str, Any], root: Path) -> Path | None:
     return None
 
 
-def _confirmed_problem(table: dict[str, Any]) -> str | None:
+def fresh_table_name(claim_id: str) -> str:
+    """The file a fresh-seed run writes beside the exploration table ``<claim>.json``."""
+    return f"{claim_id}.fresh.json"
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _fresh_problem(table: dict[str, Any]) -> str | None:
     seeds = table.get("seeds") or []
     if not seeds or min(seeds) < FRESH_SEED_START:
         return f"status 'confirmed' but its table's seeds are not all fresh (>= {FRESH_SEED_START}): {seeds[:3]}..."
@@ -69,23 +82,37 @@ def _confirmed_problem(table: dict[str, Any]) -> str | None:
 
 
 def check_one(claim: DeclaredClaim, root: Path) -> tuple[str, str]:
-    """(state, detail) of one claim's table: ok, unverified, stale, missing or unconfirmed."""
+    """(state, detail) of one claim's tables: ok, confirmable, unverified, stale, missing or unconfirmed.
+
+    The exploration table (``calibration=``, seeds that chose the tolerance) and, when present, the
+    fresh-seed table beside it (``<claim>.fresh.json``, seeds >= 100 never used to choose anything)
+    must both still describe the claim's code. ``confirmed`` needs the fresh table, every test
+    passing; a fresh table that passes everywhere on an exploratory claim is "confirmable"."""
     table_path = root / str(claim.calibration)
-    try:
-        table = json.loads(table_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return "missing", f"cites {claim.calibration}, which does not exist: lab calibrate {claim.id} --seeds 20"
-    except ValueError as error:
-        return "missing", f"{claim.calibration} is not JSON ({error})"
+    table = _load(table_path)
+    if table is None:
+        return "missing", f"cites {claim.calibration}, which does not exist or is not JSON: lab calibrate {claim.id} --seeds 5"
+    code_hash = claim_source_sha256(claim.path)
+    fresh = _load(table_path.with_name(fresh_table_name(claim.id)))
+    if fresh is None and min(table.get("seeds") or [0]) >= FRESH_SEED_START:
+        fresh = table  # calibrated on fresh seeds only
+    if fresh is not None and fresh.get(HASH_FIELD) != code_hash:
+        return "stale", f"the claim's code changed after its fresh-seed table ({str(fresh.get('date', '?'))[:10]}): lab calibrate {claim.id} --seeds 5 --start {FRESH_SEED_START}"
     if claim.status == "confirmed":
-        problem = _confirmed_problem(table)
+        problem = _fresh_problem(fresh) if fresh is not None else (
+            f"status 'confirmed' but no fresh-seed table: lab calibrate {claim.id} --seeds 5 --start {FRESH_SEED_START}")
         if problem:
             return "unconfirmed", problem
     stored = table.get(HASH_FIELD)
-    if not stored:
+    if stored and stored != code_hash:
+        return "stale", f"the claim's code changed after {str(table.get('date', '?'))[:10]}: lab calibrate {claim.id} --seeds 5"
+    if fresh is not None and claim.status != "confirmed":
+        problem = _fresh_problem(fresh)
+        if problem is None:
+            return "confirmable", f"passed on every fresh seed {fresh.get('seeds')}: set status='confirmed'"
+        return "not confirmed", problem.replace("status 'confirmed' but ", "")
+    if not stored and fresh is None:
         return "unverified", f"written {str(table.get('date', '?'))[:10]} before tables stored a code hash"
-    if stored != claim_source_sha256(claim.path):
-        return "stale", f"the claim's code changed after {str(table.get('date', '?'))[:10]}: lab calibrate {claim.id} --seeds 20"
     return "ok", ""
 
 
