@@ -73,6 +73,15 @@ def test_a_changed_table_makes_the_page_stale(repo: Path) -> None:
     assert update_docs([repo / "docs"], repo, check=True).stale == [repo / "docs" / "page.md"]
 
 
+def test_a_fresh_seed_table_adds_its_line(repo: Path) -> None:
+    fresh = {**_table(date="2026-12-04T00:00:00+00:00"), "seeds": [100, 101, 102, 103, 104]}
+    (repo / "fixtures" / "calibration" / "toy_claim.fresh.json").write_text(json.dumps(fresh))
+    update_docs([repo / "docs"], repo)
+    text = (repo / "docs" / "page.md").read_text()
+    assert "Fresh seeds (never used to choose a bound): seeds 100–104, table of 2026-12-04" in text
+    assert "(../fixtures/calibration/toy_claim.fresh.json)) — 1/2 tests held on every seed: `test_small` 4/5 passed" in text
+
+
 def test_keys_hint_and_argument_errors() -> None:
     assert parse_args(" claims=a,b keys=x,y ").keys == ("x", "y")
     assert headline_keys({"a": 1, "x": 2, "y": 3, "z": 4}, ("y", "q")) == ["y"]

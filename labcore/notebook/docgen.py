@@ -8,7 +8,8 @@ A Markdown page may contain a block::
 
 ``lab docs`` rewrites everything between the two markers from
 ``fixtures/calibration/<claim>.json``: per claim the seeds and the table's date, and per test its
-outcomes, pass rate and *headline* values as median [min–max] over the seeds. ``lab docs --check``
+outcomes, pass rate and *headline* values as median [min–max] over the seeds; then, when the
+claim was run on fresh seeds (``<claim>.fresh.json``), one line saying how many tests held on every one. ``lab docs --check``
 writes nothing and exits 1 when a block differs from what it would write (a stale page fails CI:
 ``tests/test_docgen.py`` checks the real ``docs/`` folder).
 
@@ -36,6 +37,7 @@ BLOCK_RE = re.compile(
 )
 DEFAULT_HEADLINE = 3
 CALIBRATION_DIR = Path("fixtures") / "calibration"
+FRESH_SUFFIX = ".fresh.json"  # the confirmation table beside <claim>.json (calibration_check.fresh_table_name)
 
 
 class DocgenError(ValueError):
@@ -116,8 +118,24 @@ def render_claim(claim: str, table: dict[str, Any] | None, hint: Sequence[str], 
     return lines + [""]
 
 
-def load_table(root: Path, claim: str) -> dict[str, Any] | None:
-    path = root / CALIBRATION_DIR / f"{claim}.json"
+def render_fresh(claim: str, fresh: dict[str, Any] | None, link: str) -> list[str]:
+    """One line on the confirmation run over fresh seeds (``<claim>.fresh.json``), if there is one:
+    every test's outcomes when some test did not pass on every seed."""
+    if fresh is None:
+        return []
+    tests = fresh.get("tests") or {}
+    held = [t for t in tests.values() if t.get("pass_rate") in (1.0, None)]
+    head = (f"Fresh seeds (never used to choose a bound): {_seeds(fresh.get('seeds') or [])}, table of "
+            f"{str(fresh.get('date'))[:10]} ([{claim}.fresh.json]({link})) — {len(held)}/{len(tests)} tests held on every seed")
+    if len(held) == len(tests):
+        return [head + ".", ""]
+    misses = "; ".join(f"`{node.split('::', 1)[-1]}` {_outcomes(t)}" for node, t in tests.items()
+                       if t.get("pass_rate") not in (1.0, None))
+    return [f"{head}: {misses}.", ""]
+
+
+def load_table(root: Path, claim: str, suffix: str = ".json") -> dict[str, Any] | None:
+    path = root / CALIBRATION_DIR / f"{claim}{suffix}"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -135,6 +153,7 @@ def render_block(spec: BlockSpec, doc_path: Path, root: Path) -> str:
         target = root / CALIBRATION_DIR / f"{claim}.json"
         link = os.path.relpath(target, doc_path.parent).replace(os.sep, "/")
         lines += render_claim(claim, load_table(root, claim), spec.keys, link)
+        lines += render_fresh(claim, load_table(root, claim, FRESH_SUFFIX), link.replace(".json", FRESH_SUFFIX))
     return "\n".join(lines)
 
 
