@@ -414,3 +414,16 @@ def test_conftests_in_paper_folders_work(pytester: pytest.Pytester, results: Pat
     (pytester.path / "claims" / "bayes" / "conftest.py").write_text("")
     pytester.runpytest_subprocess("-m", "attention").assert_outcomes(passed=1)
     assert records_by_test(results)["test_it"]["measured"] == {"v": 3}
+
+
+def test_under_torchrun_only_rank_0_writes_the_history(pytester: pytest.Pytester, results: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    write_claim(pytester, "def test_it(lab):\n    lab.record(v=1.0)\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    run(pytester).assert_outcomes(passed=1)
+    assert not (results / "history.jsonl").exists()  # rank 1 ran the test and wrote nothing
+    monkeypatch.setenv("RANK", "0")
+    run(pytester).assert_outcomes(passed=1)
+    (record,) = read_history(results / "history.jsonl").records
+    assert record["world_size"] == 2 and record["measured"] == {"v": 1.0}

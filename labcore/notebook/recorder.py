@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,6 +327,24 @@ def _explanation(phases: dict[str, PhaseResult], message: str) -> str:
     return "\n".join(p.full for p in phases.values() if p.message and p.message in message and p.full != p.message)
 
 
+def launcher_rank() -> int:
+    """This process's rank under ``torchrun`` / ``accelerate launch`` (their ``RANK`` variable; 0
+    outside a launcher). Every rank runs the whole pytest session; only rank 0 writes the history
+    record and the prediction ledger, so a data-parallel run leaves one record per test, not one
+    per rank. (Read from the environment: the notebook never imports torch.)"""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def build_record(item: pytest.Item, claim: Claim, phases: dict[str, PhaseResult]) -> dict[str, Any]:
     """The schema-2 history record for one finished claim test."""
     state = session_of(item.config)
@@ -357,6 +376,7 @@ def build_record(item: pytest.Item, claim: Claim, phases: dict[str, PhaseResult]
         "explanation": _explanation(phases, message),
         "run_id": state.run_id,
         "worker": state.worker,
+        "world_size": _world_size(),  # > 1: a data-parallel run (torchrun), recorded by rank 0
     }
 
 
@@ -382,7 +402,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         full=_phase_message(report, call, clip=False),
         duration=report.duration,
     )
-    if report.when == "teardown":  # always the last phase, even after a failed setup
+    if report.when == "teardown" and launcher_rank() == 0:  # teardown: always the last phase
         path = None
         try:
             path = history_path()
