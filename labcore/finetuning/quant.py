@@ -24,6 +24,8 @@ Codebooks (all normalised so that max |value| = 1):
 * ``int4_codebook`` symmetric integers -7..7 / 7 (15 levels, exact zero).
 * ``nf_codebook(bits)`` the NormalFloat construction at 2 or 3 bits ("nf2", "nf3"): coarser grids
   used as a stand-in for a base model whose 4-bit quantisation hurts (claims/qlora).
+* ``fp3_codebook``  the same float construction as FP4 one bit down (E2M0, "fp3"): FP's partner of
+  "nf3" in the NF-vs-FP comparison where quantisation hurts (claims/qlora).
 
 Applying these to whole models (fake quantisation, bitsandbytes ``Linear4bit`` layers, the CPU
 repacking guard, footprints) is ``labcore.finetuning.quantized``.
@@ -45,6 +47,7 @@ __all__ = [
     "fp4_codebook",
     "int4_codebook",
     "nf_codebook",
+    "fp3_codebook",
     "dynamic_map_8bit",
     "get_codebook",
     "quantize_blockwise",
@@ -128,6 +131,20 @@ def fp4_codebook() -> torch.Tensor:
     return values / values.abs().max()
 
 
+def fp3_codebook() -> torch.Tensor:
+    """A 3-bit float (E2M0: 1 sign, 2 exponent bits, no mantissa), built by bitsandbytes' rule.
+
+    ``create_fp8_map(signed=True, exponent_bits=2, precision_bits=0, total_bits=3)``: exponent
+    field 0 is the subnormal range (here only 0), fields 1, 2, 3 give 2², 2¹, 2⁰; divided by the
+    max the positive levels are {1/4, 1/2, 1}. Like FP4 it has two zeros (7 distinct values for 8
+    codes) and geometric level spacing; NF3 (``nf_codebook(3)``) spends all 8 codes on N(0, 1)
+    quantiles. Indexed by bit pattern (bit 2 = sign), not sorted.
+    """
+    magnitudes = [0.0, 4.0, 2.0, 1.0]
+    values = torch.tensor(magnitudes + [-m for m in magnitudes], dtype=torch.float32)
+    return values / values.abs().max()
+
+
 def int4_codebook() -> torch.Tensor:
     """Symmetric linear 4-bit integers: (-7, …, 7) / 7 — 15 levels with an exact zero (float32).
 
@@ -168,6 +185,7 @@ _CODEBOOKS: dict[str, Callable[[], torch.Tensor]] = {
     "int4": int4_codebook,
     "nf3": lambda: nf_codebook(3),
     "nf2": lambda: nf_codebook(2),
+    "fp3": fp3_codebook,
     "dynamic8": dynamic_map_8bit,
 }
 

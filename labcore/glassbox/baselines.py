@@ -13,8 +13,12 @@ magnitude. Two different baselines hide behind that phrase, and they fail for di
   it fails because it has to learn the bijection bookkeeping separately for every slot, with no
   weight sharing across positions and no content-based lookup (a community replication reports
   0.46 bits on the bijection task).
+* :class:`LSTMBaseline`: a causal recurrent network (token embedding -> stacked LSTM -> head).
+  Paper I's v3 "inference primitives" table credits LSTMs with *belief accumulation* (the
+  bijection task: LSTM 0.009 bits vs transformer 0.007) but not with transport or binding, so on
+  the bijection wind tunnel it is the baseline that is expected to *succeed*.
 
-Both are ``nn.Module`` with ``forward(tokens (B, T)) -> logits (B, T, vocab)``, so they drop into
+All three are ``nn.Module`` with ``forward(tokens (B, T)) -> logits (B, T, vocab)``, so they drop into
 the same trainer and metrics as :class:`labcore.glassbox.model.GPT`. :func:`param_count` and
 :func:`match_param_count` size them to a transformer's parameter budget.
 """
@@ -171,4 +175,30 @@ class FlattenedContextMLP(nn.Module):
         h = self.fc_in(x) + self.q_emb(pos)                                 # (B, T, hidden)
         for block in self.blocks:
             h = block(h)
+        return self.head(self.ln_f(h))                                      # (B, T, vocab)
+
+
+class LSTMBaseline(nn.Module):
+    """Token embedding -> ``n_layers`` stacked LSTM (hidden ``hidden``) -> LayerNorm -> head.
+
+        h_t, c_t = LSTM(e(tokens[t]), (h_{t-1}, c_{t-1}))     per layer, zero initial state
+        logits_t = W_out LayerNorm(h_t)                       (vocab)
+
+    Causal by construction (a left-to-right recurrence), no positions needed. Parameters:
+    V d + 4 (d h + h^2 + 2 h) + (n - 1) 4 (2 h^2 + 2 h) + 2 h + h V; size ``hidden`` to a
+    budget with :func:`match_param_count`.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, hidden: int, n_layers: int = 1):
+        super().__init__()
+        _check_dims(vocab_size=vocab_size, d_model=d_model, hidden=hidden, n_layers=n_layers)
+        self.vocab_size = vocab_size
+        self.tok_emb = nn.Embedding(vocab_size, d_model)
+        self.lstm = nn.LSTM(d_model, hidden, num_layers=n_layers, batch_first=True)
+        self.ln_f = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, vocab_size, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        _check_tokens(tokens, None)
+        h, _ = self.lstm(self.tok_emb(tokens))                              # (B, T, hidden)
         return self.head(self.ln_f(h))                                      # (B, T, vocab)
