@@ -34,6 +34,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/aiayn_relative_position.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 

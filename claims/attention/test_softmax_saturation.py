@@ -32,6 +32,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/aiayn_softmax_saturation.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 D_K = [4, 16, 64, 256, 1024]

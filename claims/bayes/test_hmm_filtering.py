@@ -80,6 +80,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/bayes_hmm_filtering.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 TASK = HMMTask(S=3, O=3, K=8)

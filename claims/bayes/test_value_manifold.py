@@ -80,6 +80,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/bayes_value_manifold.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 R2_MIN, RHO_MIN, PC1_MIN, SHUFFLED_MAX = 0.9, 0.8, 0.8, 0.05

@@ -72,6 +72,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/dynamics_adam_scale_invariance.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 TASK = PairRecallTask(n_keys=8, n_values=8, n_pairs=4)

@@ -62,6 +62,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/dynamics_critical_batch_size.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 D, REPLICAS, TARGET = 16, 8, 0.25

@@ -72,6 +72,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/dynamics_grokking.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 P, D, HIDDEN, STEPS, EVERY, LR, TOP_K = 53, 32, 128, 1000, 50, 1e-2, 5

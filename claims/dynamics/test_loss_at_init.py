@@ -70,6 +70,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/dynamics_loss_at_init.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 TASK = PairRecallTask(n_keys=16, n_values=16, n_pairs=8)

@@ -70,6 +70,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/dynamics_loss_landscape.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 N, D_IN, H, LR, TARGET, MAX_STEPS = 256, 10, 32, 0.2, 0.1, 20000

@@ -67,6 +67,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/dynamics_lr_batch_scaling.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 D, SIGMA, START, REPLICAS, B0, K, EXAMPLES = 16, 3.0, 0.3, 64, 4, 4, 4096

@@ -59,6 +59,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/dynamics_lr_u_curve.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 LANG = DomainMarkovLanguage(n_tokens=16, seq_len=16)

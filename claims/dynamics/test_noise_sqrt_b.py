@@ -57,6 +57,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/dynamics_noise_sqrt_b.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 D, SIGMA, LR, REPLICAS = 16, 1.0, 0.05, 8

@@ -60,6 +60,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/lora_alpha_over_r.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 

@@ -50,6 +50,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/lora_budget_spread.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 CONFIGS = {"q,v r=4": (("q", "v"), 4), "q r=8": (("q",), 8), "k r=8": (("k",), 8)}

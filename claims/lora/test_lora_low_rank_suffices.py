@@ -71,6 +71,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/lora_low_rank_suffices.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 

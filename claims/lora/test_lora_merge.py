@@ -63,6 +63,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/lora_merge.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 

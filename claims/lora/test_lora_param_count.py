@@ -41,6 +41,7 @@ CLAIM = Claim(
     tolerance_why="Counting is arithmetic: any difference is a bug (a missed or extra module, a bias).",
     tier="quick",
     calibration="fixtures/calibration/lora_param_count.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 GPT3 = {"n_layers": 96, "d_model": 12288}

@@ -48,6 +48,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/lora_phi_properties.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 D = 64

@@ -47,6 +47,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/qlora_all_linear.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 

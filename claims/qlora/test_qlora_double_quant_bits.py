@@ -45,6 +45,7 @@ CLAIM = Claim(
     tolerance_why="Arithmetic on powers of two is exact in float64; the only extra storage is one fp32 offset.",
     tier="quick",
     calibration="fixtures/calibration/qlora_double_quant_bits.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 N = 4 * 64 * 256  # 65,536 values: whole blocks at both levels

@@ -45,6 +45,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/qlora_gaussian_error.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 KINDS = ("nf4", "fp4", "int4")

@@ -68,6 +68,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/qlora_grad_guard.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 TARGETS = {"q,v": ["W_Q", "W_V"], "all linear": ["W_Q", "W_K", "W_V", "W_O", "W_in", "W_out"]}

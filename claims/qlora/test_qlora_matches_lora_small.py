@@ -74,6 +74,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/qlora_matches_lora_small.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 LORA = FinetuneRecipe(method="lora", targets="all_linear", r=8, alpha=8)

@@ -54,6 +54,7 @@ CLAIM = Claim(
     ),
     tier="quick",
     calibration="fixtures/calibration/qlora_nf4_codebook.json",
+    status="confirmed",  # passed on fresh seeds 100-104 (<claim>.fresh.json)
 )
 
 
