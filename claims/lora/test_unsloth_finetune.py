@@ -1,36 +1,48 @@
-"""The QLoRA-matches-LoRA fine-tuning claim, run through unsloth's API (skipped where unsloth is absent).
+"""QLoRA through unsloth's API on a base that 4-bit quantisation hurts: the adapters recover the damage.
 
 Lab notebook. unsloth is how many people actually run QLoRA: ``FastLanguageModel.from_pretrained(
-..., load_in_4bit=True)`` then ``FastLanguageModel.get_peft_model(...)``. This claim runs the same
-experiment as claims/qlora/test_smollm2_matches_lora.py through that API (via
-``labcore.pretrained.unsloth_backend``): one base loaded twice — NF4 + double quantisation (unsloth's 4-bit
-default) and unquantised — the same LoRA adapters (same ``random_state``), the same batches, and
-the final losses compared.
+..., load_in_4bit=True)`` then ``FastLanguageModel.get_peft_model(...)``. QLoRA's central claim
+(§4, Tables 3–4) is that LoRA on the NF4 + DQ base matches 16-bit LoRA — "the performance lost
+due to the imprecise quantization can be fully recovered through adapter finetuning after
+quantization". This claim runs that experiment through unsloth (``labcore.pretrained.unsloth_backend``).
 
-unsloth pins transformers ≤ 5.17 and so lives in ``.venv-unsloth`` (``bash scripts/setup-unsloth.sh``);
-in the main ``.venv`` this file skips with that instruction. On a CPU unsloth runs stock
-transformers + peft + bitsandbytes (no custom kernels), so this tests the API and the numerics,
-never speed (the GPU tier, claims/lora/test_full_unsloth.py, measures speed).
+Redesigned after the 2026-12 audit. The first version compared a tiny Llama loaded in 4 bits with
+the same model unquantised; but that model lost only 0.0004 ± 0.007 nats to NF4 before any
+training, so "within 2 σ_seed = 0.087 nats" could not fail (it would have passed with adapters that
+recover nothing). Now, as in ``qlora_matches_lora_small``, quantisation must hurt and the claim is
+the *recovery*:
 
-The base is a tiny Llama (2 blocks, d=128, character tokenizer over the lab corpus, 0.3 M
-parameters) built from a config (``build_tiny_llama``) and pre-trained here for 200 steps on the
-prose only, so that it is a *pretrained* base to which code is new, then saved to a temporary
-folder for unsloth. (A first version pre-trained on prose + code: fine-tuning on code then
-lowered the loss by only 0.06 nats, and the control below failed — nothing left to learn.)
-Fine-tuning: LoRA r=8, α=16 on q, k, v, o, gate, up, down; 40 AdamW steps at lr 3e-3, batch 8 ×
-64 characters of code; metric: mean loss on 16 fixed code windows after training (eval mode).
-All in fp32 compute (``dtype=torch.float32``) so the only difference between the arms is the
-4-bit storage. Seeds: --lab-seed sets the pre-training data order, the LoRA init and the batches.
+* base: a tiny Llama (2 blocks, d=128, character tokenizer over the lab corpus, 0.3 M parameters,
+  ``build_tiny_llama``) pre-trained here for 200 steps on prose only (so code is new to it), then
+  given **outlier features** by a function-preserving reparametrisation
+  (``labcore.finetuning.outliers.inject_outlier_features``, s = SCALE: channels 7 and 71 of the
+  residual stream divided by s in the RMSNorm gains and multiplied by s in every weight column that
+  reads them): the fp32 model is the same function, but every 64-block of q, k, v, o, gate, up now
+  holds one weight ~s× the rest, the structure that makes 4-bit quantisation hurt large LLMs
+  (LLM.int8(), arXiv 2208.07339). A stand-in, as in claims/qlora/test_nf4_vs_fp4_finetuned.py.
+* arms, each loaded by unsloth from that folder, LoRA r=8, α=16 on q, k, v, o, gate, up, down, the
+  same ``random_state`` (same A) and the same batches, 40 AdamW steps at lr 3e-3, batch 8 × 64
+  characters of code, fp32 compute (``dtype=torch.float32``) so only the 4-bit storage differs:
+  **16-bit LoRA** (``load_in_4bit=False``): L_lora; **QLoRA** (``load_in_4bit=True``, unsloth's NF4 +
+  DQ): L_qlora; control **LoRA, then quantise**: the trained 16-bit model with its frozen base
+  weights quantised to NF4 + DQ afterwards (the hand-written quantiser, which equals bitsandbytes'
+  NF4 bit for bit): L_naive; control **4-bit base, no adapters**: L_q0.
+* metric: mean loss (nats/char) on 16 fixed code windows after training (eval mode). Damage
+  G = L_naive − L_lora; recovery R = (L_naive − L_qlora) / G. The no-adapter arm's recovery on the
+  same scale must fail the bound.
 
-Measured (5 seeds, .venv-unsloth: unsloth 2026.10.9, transformers 5.17.0, CPU): untuned code loss
-4.44 nats/char in both arms (the 4-bit base starts only 0.0004 ± 0.007 worse: a 0.3 M-parameter
-model with d=128 quantises almost losslessly in blocks of 64), after 40 steps NF4+DQ 2.609 ±
-0.055 vs fp32 2.595 ± 0.044; gap +0.014 ± 0.027. So, through unsloth's API, QLoRA matches LoRA
-here — but note how little the quantisation cost to begin with: the SmolLM2 claim
-(qlora_smollm2_matches_lora), where it costs 0.31 nats, is the harder test.
-Wall time 25–130 s per seed (25 s alone; the rest was other jobs on the machine): ~15 s of it is
-`import unsloth`, 1–8 s per fine-tuning arm, the rest pre-training the tiny base.
+unsloth pins transformers ≤ 5.17 and so lives in ``.venv-unsloth`` (``bash scripts/setup-unsloth.sh``,
+built by ``.ci/run`` unless LAB_CI_UNSLOTH=0); in the main ``.venv`` this file skips with that
+instruction. On a CPU unsloth runs stock transformers + peft + bitsandbytes (no custom kernels), so
+this tests the API and the numerics, never speed (claims/lora/test_full_unsloth.py is the GPU tier).
+
+Status: **exploratory, not yet run in its environment** — the redesign was written in a session
+that could not build ``.venv-unsloth``; the bounds are predictions carried over from the glass-box
+version (qlora_matches_lora_small: R 0.91–0.96 at G 0.04–0.08), not calibrated here.
+Prediction (written before any run of this version): G ≥ 0.03 nats/char; R ≥ 0.8; no-adapter R < 0.8.
 """
+
+import copy
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -51,24 +63,29 @@ CLAIM = Claim(
                   where="§4 'Summary', Tables 3–4"),
     paper_value="NF4+DQ QLoRA within ±0.1 of 16-bit LoRA on Super-NaturalInstructions (T5-80M…3B); MMLU 53.1 vs 53.0",
     prediction=(
-        "Through unsloth on a CPU, LoRA on the NF4+DQ-loaded base ends within the seed spread of LoRA "
-        "on the unquantised base; both fall far below the untuned loss."
+        "Through unsloth on a CPU, on a tiny Llama with outlier features (so that NF4 hurts): the damage "
+        "G = L(LoRA, then quantise) − L(16-bit LoRA) ≥ 0.03 nats/char and QLoRA recovers ≥ 80 % of it; "
+        "the 4-bit base without adapters does not."
     ),
-    metric="final mean next-token loss (nats/char) on 16 code windows of 64 characters, 4-bit arm − 16/32-bit arm",
-    tolerance="|gap| ≤ 2 σ_seed of the unquantised arm's final loss; control: untuned − tuned ≥ 0.3 nats in both arms",
+    metric=(
+        "final mean next-token loss (nats/char) on 16 code windows of 64 characters; "
+        "recovery R = (L_naive − L_qlora) / (L_naive − L_lora)"
+    ),
+    tolerance="G ≥ 0.03 (control: quantisation must hurt); R(QLoRA) ≥ 0.8; control: R(no adapters) < 0.8; "
+              "fine-tuning drop ≥ 0.3 nats in both arms",
     tolerance_why=(
-        "lab calibrate, 5 seeds in .venv-unsloth (seed = pre-training order, LoRA init, batches): the "
-        "unquantised arm's final loss is 2.595 ± 0.044 nats/char, so 2 σ_seed = 0.087. Measured gap "
-        "+0.014 ± 0.027 (−0.006 … +0.049): inside in every seed. That σ includes the base's own "
-        "seed-to-seed change, so it is the spread of 'a LoRA run of this recipe', not of LoRA alone. "
-        "Control: the loss drops 1.83 ± 0.04 / 1.84 ± 0.05 nats (≥ 0.3 in every seed)."
+        "Not calibrated: the redesigned claim has not run in .venv-unsloth yet (the old table, 2026-11-30, "
+        "records 5/5 skipped). Bounds carried over from qlora_matches_lora_small (G ≥ 0.03, R ≥ 0.8, set "
+        "there before its sweep and confirmed on fresh seeds) — to be calibrated with "
+        "`.venv-unsloth/bin/lab calibrate qlora_unsloth_matches_lora --seeds 5` (then --start 100)."
     ),
     tier="quick",
-    calibration="fixtures/calibration/qlora_unsloth_matches_lora.json",
+    calibration=None,
 )
 
 SEQ, PRE_STEPS, STEPS, BATCH, LR, RANK, ALPHA, N_EVAL = 64, 200, 40, 8, 3e-3, 8, 16, 16
-SIGMA_SEED = 0.0437  # std over seeds 0..4 of the unquantised arm's final loss (calibration table)
+SCALE = 30.0  # outlier feature size (labcore.finetuning.outliers)
+GAP_MIN, R_MIN, DROP_MIN = 0.03, 0.8, 0.3
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +106,22 @@ def _char_windows(text: str, tokenizer, seq: int) -> torch.Tensor:
     return ids[: n * seq].view(n, seq)
 
 
+def _lora_then_quantise(model):
+    """A copy of the trained 16-bit peft model whose frozen base weights are fake-quantised to NF4 +
+    DQ (block 64), adapters and output layer untouched: what 4-bit storage does to it afterwards."""
+    from labcore.finetuning.quantized import fake_quantize_model
+
+    model = copy.deepcopy(model)
+    fake_quantize_model(model, "nf4", double_quant=True,
+                        name_filter=lambda n: "lora_" not in n and n.rsplit(".", 1)[-1] != "lm_head")
+    return model
+
+
 @pytest.fixture(scope="module")
 def experiment(unsloth_api, lab_seed, tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from labcore.finetuning.outliers import inject_outlier_features
     from labcore.pretrained.corpus import causal_lm_loss, eval_loss, load_text, random_windows
     from labcore.training.trainer import TrainConfig, train
 
@@ -103,62 +132,75 @@ def experiment(unsloth_api, lab_seed, tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     prose_ids = torch.tensor(tokenizer(prose, add_special_tokens=False)["input_ids"])
     code_ids = torch.tensor(tokenizer(code, add_special_tokens=False)["input_ids"])
+    eval_windows = _char_windows(code, tokenizer, SEQ)[:N_EVAL]
 
-    # pre-train the tiny base on prose only (plain transformers), then save it for unsloth: the
-    # code it is fine-tuned on afterwards is new to it, so fine-tuning has something to learn
+    # pre-train the tiny base on prose only (plain transformers): code is new to it; then plant the
+    # outlier features (same function) and save it for unsloth
     base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     pre = train(base, lambda step, g: (random_windows(prose_ids, SEQ, 16, g),) * 2,
                 TrainConfig(steps=PRE_STEPS, lr=3e-3, seed=lab_seed, track_update_ratio=False,
                             schedule="warmup_cosine", warmup_steps=20),
                 loss_fn=causal_lm_loss)
+    base.eval()
+    before_outliers = eval_loss(base, eval_windows)
+    inject_outlier_features(base, SCALE)
+    out = {"pretrain_final_loss": float(pre.metrics["loss"][-20:].mean()),
+           "reparametrisation_shift": eval_loss(base, eval_windows) - before_outliers}
     base.save_pretrained(folder)
-    eval_windows = _char_windows(code, tokenizer, SEQ)[:N_EVAL]
 
-    out = {"pretrain_final_loss": float(pre.metrics["loss"][-20:].mean())}
     for arm, four_bit in (("nf4_dq", True), ("fp32", False)):
         model, _ = backend.load_model(folder, load_in_4bit=four_bit, max_seq_length=SEQ, dtype=torch.float32)
         n_4bit = sum(1 for m in model.modules() if type(m).__name__ == "Linear4bit")
         model = backend.add_lora(model, r=RANK, alpha=ALPHA, seed=lab_seed)
-        before = eval_loss(model, eval_windows)
+        before = eval_loss(model, eval_windows)  # B = 0: the loaded base itself (4-bit: the no-adapter arm)
         first_a = next(p for n, p in model.named_parameters() if "lora_A" in n).detach().clone()
         run = train(model, lambda step, g: (random_windows(code_ids, SEQ, BATCH, g),) * 2,
                     TrainConfig(steps=STEPS, lr=LR, seed=lab_seed, track_update_ratio=False),
                     loss_fn=causal_lm_loss)
+        model.eval()
         out[arm] = {"before": before, "after": eval_loss(model, eval_windows), "curve": run.metrics["loss"],
                     "seconds": run.seconds, "n_linear4bit": n_4bit, "first_a": first_a,
                     "n_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+        if not four_bit:
+            out["lora_then_quantise"] = eval_loss(_lora_then_quantise(model), eval_windows)
         del model
     return out
 
 
-def test_unsloth_qlora_matches_lora(lab, experiment):
+def test_unsloth_qlora_recovers_the_quantisation_damage(lab, experiment):
     q, f = experiment["nf4_dq"], experiment["fp32"]
     import unsloth
 
     assert q["n_linear4bit"] > 0 and f["n_linear4bit"] == 0, "the 4-bit arm is not 4-bit (or the other one is)"
     assert torch.equal(q["first_a"], f["first_a"]), "the two arms did not start from the same LoRA A"
-    gap_before, gap_after = q["before"] - f["before"], q["after"] - f["after"]
+    l_lora, l_qlora, l_naive, l_q0 = f["after"], q["after"], experiment["lora_then_quantise"], q["before"]
+    gap = l_naive - l_lora
+    recovery, recovery_no_adapters = (l_naive - l_qlora) / gap, (l_naive - l_q0) / gap
     lab.record(
         unsloth_version=unsloth.__version__, pretrain_final_loss=experiment["pretrain_final_loss"],
+        reparametrisation_shift=experiment["reparametrisation_shift"], scale=SCALE,
         **{f"{arm}_{k}": experiment[arm][k] for arm in ("nf4_dq", "fp32")
            for k in ("before", "after", "seconds", "n_linear4bit", "n_trainable")},
-        gap_before=gap_before, gap_after=gap_after, sigma_seed=SIGMA_SEED,
+        loss_lora_then_quantise=l_naive, gap=gap, recovery=recovery, recovery_no_adapters=recovery_no_adapters,
+        residual_qlora=l_qlora - l_lora, ptq_gap_before_training=q["before"] - f["before"],
     )
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.plot(np.arange(1, STEPS + 1), f["curve"], label=f"LoRA, fp32 base (final {f['after']:.3f})", color="C0")
-    ax.plot(np.arange(1, STEPS + 1), q["curve"], label=f"QLoRA NF4+DQ (final {q['after']:.3f})", color="C1")
-    ax.set(xlabel="step", ylabel="training loss (nats/char)", title=f"unsloth {unsloth.__version__} on CPU, tiny Llama")
+    ax.plot(np.arange(1, STEPS + 1), f["curve"], label=f"16-bit LoRA (final {l_lora:.3f})", color="C0")
+    ax.plot(np.arange(1, STEPS + 1), q["curve"], label=f"QLoRA NF4+DQ (final {l_qlora:.3f})", color="C1")
+    ax.axhline(l_naive, color="C3", ls="--", label=f"LoRA, then quantise: {l_naive:.3f}")
+    ax.set(xlabel="step", ylabel="training loss (nats/char)",
+           title=f"unsloth {unsloth.__version__} on CPU, tiny Llama, outliers ×{SCALE:g}: R {recovery:.0%}")
     ax.legend(fontsize=8)
     fig.tight_layout()
     lab.savefig(fig, "unsloth_qlora_vs_lora")
 
+    assert abs(experiment["reparametrisation_shift"]) < 1e-3, "the outlier reparametrisation changed the fp32 model"
     for arm in ("nf4_dq", "fp32"):
         drop = experiment[arm]["before"] - experiment[arm]["after"]
         lab.record(**{f"drop_{arm}": drop})
-        assert drop >= 0.3, f"{arm}: fine-tuning lowered the code loss by only {drop:.3f} nats (control)"
-    if SIGMA_SEED is None:
-        lab.not_yet_run("calibrate SIGMA_SEED over 5 seeds in .venv-unsloth")
-    assert abs(gap_after) <= 2 * SIGMA_SEED, (
-        f"4-bit − fp32 final loss {gap_after:+.4f} nats (before tuning {gap_before:+.4f}); "
-        f"tolerance ±{2 * SIGMA_SEED:.4f} (2 σ_seed)"
-    )
+        assert drop >= DROP_MIN, f"{arm}: fine-tuning lowered the code loss by only {drop:.3f} nats (control)"
+    assert gap >= GAP_MIN, f"control: quantising the fine-tuned model costs only {gap:.4f} nats/char: nothing to recover"
+    assert recovery_no_adapters < R_MIN, f"control: the 4-bit base without adapters 'recovers' {recovery_no_adapters:.2f}"
+    assert recovery >= R_MIN, (
+        f"QLoRA through unsloth recovers {recovery:.2f} of the quantisation damage G = {gap:.4f} (< {R_MIN}): "
+        f"L_qlora {l_qlora:.4f}, L_lora {l_lora:.4f}, L_naive {l_naive:.4f}")

@@ -14,12 +14,22 @@ What we found: the paper's ordering does **not** hold here — Int4 is often bes
 reason is instructive. The damage is tiny (ΔCE ≈ 2–13 × 10⁻⁴ nats, a few % of the model's excess
 loss) and splits into a first-order part g·δ (g the gradient of the eval loss at the base, δ the
 rounding error) whose sign is random and whose size (up to 5 × 10⁻⁴) is as large as the effect,
-and a second-order remainder ΔCE − g·δ ≈ ½δᵀHδ that tracks the weight error. The remainder
-*does* order the types as NF4 < Int4 < FP4 in every seed (seeds 0–4: 4.2–4.5 < 5.1–6.8 <
-7.5–9.3 × 10⁻⁴), matching the weights' RMSE (0.093 < 0.108 < 0.123 of their std). Our
-hypothesis for the difference from the paper: a large LLM evaluated on a broad corpus sits much
+and a second-order remainder ΔCE − g·δ ≈ ½δᵀHδ that tracks the weight error. The remainder and
+the weights' RMSE are **recorded, no longer asserted** (2026-12 audit): that "curvature part"
+was chosen as the asserted quantity after the raw ordering had failed, and "NF4's rounding error
+is smallest on normal-ish weights" is what ``qlora_gaussian_error`` already asserts. Where the
+data-type ordering is tested in a regime with signal, after fine-tuning: ``qlora_nf4_vs_fp4_finetuned``.
+Our hypothesis for the difference from the paper: a large LLM evaluated on a broad corpus sits much
 closer to a stationary point of its loss, so the curvature term dominates there. (The paper's
-FP4 < Int4 also does not hold for bitsandbytes' E2M1 map here, in any of the three measures.)
+FP4 < Int4 also does not hold for bitsandbytes' E2M1 map here.)
+
+What is asserted: (1) quantising to any of the three 4-bit types costs loss (ΔCE > 0 — a 4-bit
+base never scored better than fp32 here); (2) double quantisation is free: it changes ΔCE by
+≤ 0.5 % of the loss, and (the control that must be large) by < ⅕ of what NF4 quantisation
+itself costs. Prediction (written before recalibrating, from the 2026-11 table): both hold on
+every seed; the raw Table-2 ordering holds in ≈ 1 of 6 seeds (recorded only). Caveat on (1),
+from the fresh seeds: Int4+DQ came within 8e-6 nats of zero on one of them — (1) sits at the
+noise floor of the first-order term and may fail on some seed; (2) has a 16× margin or more.
 """
 
 import copy
@@ -50,26 +60,32 @@ CLAIM = Claim(
     ),
     paper_value="mean perplexity: Int4 34.34, FP4 E2M1 31.07, FP4 E3M0 29.48, NF4+DQ 27.41",
     prediction=(
-        "ΔCE(NF4) ≤ ΔCE(FP4) ≤ ΔCE(Int4) after post-training fake quantisation; DQ changes ΔCE by "
-        "< 0.5 % of the loss. (Measured: the raw ΔCE ordering is noise — 0/5 seeds, then seed 5 in order; the curvature part holds 5/5.)"
+        "First: ΔCE(NF4) ≤ ΔCE(FP4) ≤ ΔCE(Int4) after post-training fake quantisation (measured: noise, "
+        "0/5 seeds then seed 5 in order — now recorded only). Asserted: every 4-bit type costs loss "
+        "(ΔCE > 0); DQ changes ΔCE by < 0.5 % of the loss and by < ⅕ of the NF4 damage."
     ),
     metric=(
         "ΔCE = expected CE of the quantised base − fp32 base on 2 × 512 held-out pretraining "
         "sequences; its split into g·δ and the remainder ΔCE − g·δ"
     ),
     tolerance=(
-        "paper ordering on ΔCE recorded (noise-dominated, see below); remainder(NF4) < remainder(FP4), remainder(Int4); "
+        "paper ordering on ΔCE and the curvature remainder recorded, not asserted; ΔCE > 0 for NF4, FP4, Int4 (+DQ); "
         "|ΔCE(NF4+DQ) − ΔCE(NF4)| ≤ 0.5 % of CE, control: ΔCE(NF4) ≥ 5 × that DQ difference"
     ),
     tolerance_why=(
-        "Measured (seeds 0–4), ×1e-4 nats: remainder NF4 4.2–4.5 vs Int4 5.1–6.8 vs FP4 7.5–9.3 — NF4 "
-        "lowest in 5/5 (NF4 / best other 0.66–0.88); weight RMSE/σ NF4 0.0923–0.0928, Int4 "
-        "0.108–0.109, FP4 0.123–0.124. DQ changes ΔCE by 0.013–0.32 × 1e-4 (≤ 1.7e-5 of the loss, "
-        "far inside 0.5 %), 16–290× smaller than the NF4 effect itself. The raw ΔCE ordering held in "
-        "0/5 seeds, then in seed 5 of a fresh-seed flakiness run: a coin flip, so it is recorded, not asserted."
+        "Recalibrated 2026-12-04 after dropping the asserted curvature test (chosen after the fact; repeats "
+        "qlora_gaussian_error). Seeds 0–4 (table), ×1e-4 nats: ΔCE NF4+DQ 3.7–6.9, FP4+DQ 3.9–12.6, Int4+DQ "
+        "1.6–6.6 (all > 0); DQ changes ΔCE by 0.013–0.32 (≤ 1.7e-5 of the loss, far inside 0.5 %), 16–290× "
+        "below the NF4 effect. Fresh seeds 100–104 (never used to choose anything), 5/5 pass on both tests: "
+        "ΔCE NF4+DQ 2.5–9.1, FP4+DQ 4.5–9.7, Int4+DQ 0.08–9.2 (one seed at 8e-6 nats: ΔCE > 0 is at the "
+        "noise floor), DQ effect 0.057–0.17 (≥ 15× below the NF4 effect). Recorded, not asserted: the "
+        "remainder ratio NF4 / best other was 0.66–0.88 on seeds 0–4 but 0.64–1.02 on the fresh seeds — "
+        "the dropped curvature test would have failed once. The raw ΔCE ordering held in 0/5 exploration "
+        "seeds (then seed 5 of a flakiness run): a coin flip, so it is recorded, not asserted."
     ),
     tier="quick",
     calibration="fixtures/calibration/qlora_ptq_ordering_small.json",
+    status="confirmed",
 )
 
 
@@ -135,25 +151,16 @@ def _plot(lab, ptq):
 # (×1e-4 nats, NF4/FP4/Int4) was 6.9/8.3/6.6, 4.9/4.7/2.7, 4.3/3.9/5.7, 3.7/4.2/1.6, 6.7/12.6/5.8
 # (never in the paper's order), and on seed 5 it came out 2.5/4.7/10.3 (in order). The sign of the
 # first-order term g·δ (|g·δ| up to 5e-4) is a coin flip per rounding pattern and as large as the
-# effect, so neither a pass nor a strict xfail is right for every seed; the curvature part below
-# is what the data type decides.
+# effect, so neither a pass nor a strict xfail is right for every seed. The curvature remainder
+# (ΔCE − g·δ) and the weight RMSE are recorded beside it, not asserted (see the module docstring).
 def test_table2_ordering_on_raw_loss_is_recorded(lab, ptq):
     d = {k: ptq["delta"][k + "+dq"] for k in KINDS}
     lab.record(ce_fp32=ptq["ce"], delta_ce=ptq["delta"], first_order=ptq["first_order"], remainder=ptq["remainder"],
-               weight_rmse_rel=ptq["weight_rmse_rel"], paper_order_on_raw_delta=bool(d["nf4"] <= d["fp4"] <= d["int4"]))
+               weight_rmse_rel=ptq["weight_rmse_rel"], paper_order_on_raw_delta=bool(d["nf4"] <= d["fp4"] <= d["int4"]),
+               remainder_nf4_over_best_other=ptq["remainder"]["nf4"] / min(ptq["remainder"]["fp4"], ptq["remainder"]["int4"]))
     _plot(lab, ptq)
     # What must hold whatever the sign noise: quantising loses something for every data type.
     assert min(d.values()) > 0, f"a 4-bit base scored better than fp32: ΔCE {d}"
-
-
-def test_curvature_part_orders_nf4_first(lab, ptq):
-    """ΔCE − g·δ (the part that does not average out over rounding patterns) is smallest for NF4."""
-    rem = ptq["remainder"]
-    lab.record(remainder=rem, first_order=ptq["first_order"], weight_rmse_rel=ptq["weight_rmse_rel"],
-               nf4_over_best_other=rem["nf4"] / min(rem["fp4"], rem["int4"]))
-    _plot(lab, ptq)
-    assert rem["nf4"] < min(rem["fp4"], rem["int4"]), f"remainders {rem}"
-    assert ptq["weight_rmse_rel"]["nf4"] < min(ptq["weight_rmse_rel"]["fp4"], ptq["weight_rmse_rel"]["int4"])
 
 
 def test_double_quantisation_costs_nothing(lab, ptq):
