@@ -22,7 +22,9 @@ the bf16 arm's peak memory is the control that must come out large (≥ the bf16
 so that "QLoRA needs less than half" compares with a measured 16-bit run, not only with
 arithmetic. The paper's baseline is 16-bit *full* fine-tuning (> 780 GB at 65B); 16-bit LoRA is
 the one that fits one GPU at 7B (Table 4's BFloat16 rows are LoRA too). Both arms run one after
-the other in one process (~2× the QLoRA time, plus a second checkpoint load).
+the other in one process (~2× the QLoRA time, plus a second checkpoint load), the comparison in its
+own test: where the 16-bit arm cannot fit (a 7B model on a 16 GB card needs ~17 GB) that test skips
+with the numbers and the QLoRA test still runs (``labcore.pretrained.gpu_finetune.qlora_and_bf16_lora``).
 
 How to run (GPU machine):
     LAB_LOCAL_CHECKPOINT=/models/llama-2-7b-hf pytest claims/qlora/test_full_local_qlora.py -m full
@@ -117,41 +119,42 @@ def _add_lora(model, seed: int, four_bit: bool):
 
 @pytest.fixture(scope="module")
 def arms(checkpoint, lab_seed):
-    import gc
+    from labcore.pretrained.gpu_finetune import qlora_and_bf16_lora
 
-    import torch
-
-    from labcore.pretrained.gpu_finetune import load_then_finetune
-
-    out = {}
-    for arm, four_bit in (("qlora", True), ("lora_bf16", False)):
-        out[arm] = load_then_finetune(lambda: _load(checkpoint, four_bit),
-                                      lambda model: _add_lora(model, lab_seed, four_bit),
-                                      steps=STEPS, batch=BATCH, seq=SEQ, lr=LR, seed=lab_seed)
-        gc.collect()
-        torch.cuda.empty_cache()  # the next arm's peak starts from an empty card
-    return out
+    return qlora_and_bf16_lora(lambda four_bit: _load(checkpoint, four_bit),
+                               lambda model, four_bit: _add_lora(model, lab_seed, four_bit),
+                               steps=STEPS, batch=BATCH, seq=SEQ, lr=LR, seed=lab_seed)
 
 
 def test_qlora_7b_memory_and_loss(lab, checkpoint, arms):
     from labcore.pretrained.gpu_finetune import plot_loss
 
-    (run, loading), (base, base_loading) = arms["qlora"], arms["lora_bf16"]
-    lab.record(checkpoint=str(checkpoint), **loading, **run.as_record(),
-               lora_bf16={**base_loading, **base.as_record()},
-               peak_over_lora_bf16=run.peak_bytes / base.peak_bytes,
-               loss_last5_minus_lora_bf16=run.loss_last - base.loss_last)
+    run, loading = arms[0]
+    lab.record(checkpoint=str(checkpoint), **loading, **run.as_record())
     lab.savefig(plot_loss(run, f"QLoRA {checkpoint.name}"), "qlora_local_loss")
-    lab.savefig(plot_loss(base, f"bf16 LoRA {checkpoint.name}"), "lora_bf16_local_loss")
     first, last, peak, bf16_bytes = run.loss_first, run.loss_last, run.peak_bytes, run.bf16_bytes
-    assert math.isfinite(last) and math.isfinite(base.loss_last)
+    assert math.isfinite(last)
+    assert peak <= 0.6 * bf16_bytes, f"peak {peak / 1e9:.2f} GB is not ≤ 0.6 × bf16 weights {bf16_bytes / 1e9:.2f} GB"
+    assert last <= first - 0.1, f"QLoRA: loss went {first:.3f} → {last:.3f} over {STEPS} steps"
+
+
+def test_qlora_7b_matches_bf16_lora(lab, checkpoint, arms):
+    from labcore.pretrained.gpu_finetune import plot_loss
+
+    (run, _), baseline = arms
+    if isinstance(baseline, str):
+        pytest.skip(baseline)
+    base, base_loading = baseline
+    lab.record(lora_bf16={**base_loading, **base.as_record()}, peak_over_lora_bf16=run.peak_bytes / base.peak_bytes,
+               loss_last5_minus_lora_bf16=run.loss_last - base.loss_last)
+    lab.savefig(plot_loss(base, f"bf16 LoRA {checkpoint.name}"), "lora_bf16_local_loss")
+    assert math.isfinite(base.loss_last)
     assert base.peak_bytes >= base.bf16_bytes, (
         f"control: 16-bit LoRA peaked at {base.peak_bytes / 1e9:.2f} GB, below its own bf16 weights "
         f"{base.bf16_bytes / 1e9:.2f} GB: the baseline did not hold the model in 16 bits")
-    assert peak <= 0.6 * bf16_bytes, f"peak {peak / 1e9:.2f} GB is not ≤ 0.6 × bf16 weights {bf16_bytes / 1e9:.2f} GB"
-    assert peak <= 0.5 * base.peak_bytes, f"QLoRA peak {peak / 1e9:.2f} GB vs 16-bit LoRA {base.peak_bytes / 1e9:.2f} GB"
-    for name, r in (("QLoRA", run), ("bf16 LoRA", base)):
-        assert r.loss_last <= r.loss_first - 0.1, f"{name}: loss went {r.loss_first:.3f} → {r.loss_last:.3f} over {STEPS} steps"
-    assert last - base.loss_last <= LOSS_TOL, (
-        f"QLoRA ends {last - base.loss_last:+.3f} nats from 16-bit LoRA on the same batches (> {LOSS_TOL}): "
-        f"{last:.3f} vs {base.loss_last:.3f}")
+    assert run.peak_bytes <= 0.5 * base.peak_bytes, (
+        f"QLoRA peak {run.peak_bytes / 1e9:.2f} GB vs 16-bit LoRA {base.peak_bytes / 1e9:.2f} GB")
+    assert base.loss_last <= base.loss_first - 0.1, f"bf16 LoRA: loss went {base.loss_first:.3f} → {base.loss_last:.3f}"
+    assert run.loss_last - base.loss_last <= LOSS_TOL, (
+        f"QLoRA ends {run.loss_last - base.loss_last:+.3f} nats from 16-bit LoRA on the same batches (> {LOSS_TOL}): "
+        f"{run.loss_last:.3f} vs {base.loss_last:.3f}")

@@ -96,6 +96,36 @@ def load_then_finetune(load, adapt, *, steps: int, batch: int, seq: int, lr: flo
     return run, loading
 
 
+#: 16-bit LoRA needs its bf16 weights plus activations, LoRA/Adam state and allocator slack.
+BF16_LORA_HEADROOM = 1.25
+
+
+def qlora_and_bf16_lora(load, adapt, **train) -> tuple[tuple[FinetuneMeasurement, dict],
+                                                       tuple[FinetuneMeasurement, dict] | str]:
+    """Both arms of a QLoRA-vs-16-bit-LoRA comparison, one after the other, each starting from an
+    emptied card: ``load(four_bit) -> (model, tokenizer)``, ``adapt(model, four_bit) -> model``,
+    ``train`` as for :func:`load_then_finetune`. The 16-bit arm runs only when its bf16 weights ×
+    ``BF16_LORA_HEADROOM`` fit the GPU; otherwise its place holds the one-line reason (a 7B
+    model's 16-bit LoRA does not fit a 16 GB card — which is QLoRA's point)."""
+    import gc
+
+    import torch
+
+    def emptied() -> None:
+        gc.collect()
+        torch.cuda.empty_cache()  # the next arm's peak starts from an empty card
+
+    qlora = load_then_finetune(lambda: load(True), lambda model: adapt(model, True), **train)
+    emptied()
+    need, total = BF16_LORA_HEADROOM * qlora[0].bf16_bytes, torch.cuda.get_device_properties(0).total_memory
+    if need > total:
+        return qlora, (f"16-bit LoRA of this model needs ~{need / 1e9:.1f} GB and this GPU has {total / 1e9:.1f} GB: "
+                       "the comparison needs a bigger card (QLoRA's point)")
+    base = load_then_finetune(lambda: load(False), lambda model: adapt(model, False), **train)
+    emptied()
+    return qlora, base
+
+
 def plot_loss(measurement: FinetuneMeasurement, title: str):
     import matplotlib.pyplot as plt
 
