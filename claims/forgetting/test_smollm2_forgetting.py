@@ -36,6 +36,22 @@ step 30 it has over-fitted — held-out code back up, prose up. Full fine-tuning
 generalising (learning 0.210 → 0.230). Caveat on "learns less": here it comes from LoRA
 over-fitting at its 10× rate, not from the low-rank capacity limit the paper blames.
 Wall time 88–119 s per seed during the sweep (training 27–40 s per arm; other jobs on the machine).
+
+Redesign after the science audit (issue 13): "learns less" at step 30 was LoRA over-fitting at
+its 10× rate, not the low-rank limit, and the 2σ bounds came from the same seeds. The runs are
+unchanged (same cost); the comparison now follows Biderman et al.'s learning–forgetting curve
+(``labcore.measures.pareto``), each arm at its **best checkpoint** (the evaluated step with the
+largest held-out code drop, i.e. early stopping within the same 30-step budget):
+1. *learns less*: shortfall = 1 − learning_LoRA(best)/learning_full(best) ≥ 5 % (the boundary the
+   small-model claims use). Predicted from the first sweep's trajectories: ≈ 0.187 vs 0.230 (19 %).
+2. *forgets less at matched learning*: LoRA's best checkpoint against full fine-tuning's frontier
+   (its checkpoints at steps 0, 15, 30) at the same learning: excess forgetting < 0. Predicted
+   ≈ −0.015 (LoRA −0.026 vs the full frontier's −0.011). Control that must come out large: the
+   same measure puts LoRA's over-fitted step-30 checkpoint ≥ 0.02 nats *above* the frontier
+   (predicted ≈ +0.05) — so it can see "forgets more".
+3. *forgets less at matched steps* (step 30): strict xfail, as measured (LoRA +0.047, full +0.011).
+Caveats: two checkpoints per arm make a coarse curve; picking the best of them on held-out code
+is a (small) selection on the quantity reported. Numbers: fixtures/calibration/forgetting_smollm2*.json.
 """
 
 import copy
@@ -45,6 +61,7 @@ import numpy as np
 import pytest
 import torch
 
+from labcore.measures.pareto import excess_forgetting
 from labcore.notebook.claims import Claim, Source
 
 CLAIM = Claim(
@@ -60,22 +77,31 @@ CLAIM = Claim(
                   where="Abstract; §4.1–4.3, Fig. 4"),
     paper_value="qualitative: LoRA learns less (HumanEval, GSM8K) and forgets less (HellaSwag/ARC/WinoGrande) than full finetuning",
     prediction=(
-        "After 30 steps on code: held-out code loss falls less under LoRA than under full fine-tuning, "
-        "and the prose loss rises less under LoRA."
+        "At each arm's best checkpoint LoRA learns ≥ 5 % less code and lies below full FT's "
+        "learning–forgetting frontier (forgets less at matched learning); at step 30 LoRA forgets more "
+        "(strict xfail)."
     ),
     metric=(
         "learning = held-out code loss before − after; forgetting = prose loss after − before "
         "(nats/token, 310 and 403 predicted tokens); LoRA vs full fine-tuning of the top 4 blocks"
     ),
-    tolerance="each difference between the arms ≥ 2 σ_seed of that difference; control: full FT forgetting ≥ 2 σ_seed",
-    tolerance_why=(
-        "lab calibrate, 5 seeds (seed = LoRA init + batch order; the base and the text are fixed): "
-        "σ of learning(full) − learning(LoRA) = 0.018, of forgetting(full) − forgetting(LoRA) = "
-        "0.008, of forgetting(full) = 0.0095 nats; 2 σ is what a single run has to beat. Measured: "
-        "learning gap 0.217 ± 0.018 (≥ 0.036 in every seed: passes); full FT forgetting 0.011 ± 0.010 "
-        "(control < 0.019: forgetting not resolved) and LoRA forgot *more*, gap −0.036 ± 0.008: "
-        "strict xfail."
+    tolerance=(
+        "shortfall at the best checkpoint ≥ 0.05; excess forgetting at matched learning < 0; control: "
+        "LoRA's step-30 checkpoint ≥ 0.02 above the frontier"
     ),
+    tolerance_why=(
+        "Redesigned after the audit without new 2σ bounds from the same seeds. 0.05: the 'learns "
+        "substantially less' boundary shared with the small-model claims (first sweep, seeds 0–4: full "
+        "best 0.220–0.236, LoRA best 0.175–0.201 nats). Excess < 0 is a sign test: the first sweep had "
+        "LoRA's step-15 forgetting −0.036…−0.021 and full FT's −0.023…−0.002. The control's 0.02 is "
+        "below the first sweep's LoRA step-30 forgetting (+0.033…+0.056) minus full FT's "
+        "near-zero frontier value. Exploration table after the redesign (seeds 0–4): best learning full "
+        "0.220–0.236 vs LoRA 0.175–0.201 (always at step 15), shortfall 13–22 % (passes 5/5); excess "
+        "forgetting at matched learning −0.022…−0.0065 (passes 5/5, narrowly on seed 0); control step-30 "
+        "excess +0.035…+0.079; step 30: LoRA forgets more in 5/5 (strict xfail). Fresh seeds 100–104: same "
+        "outcomes (shortfall 19–40 %, excess −0.023…−0.010, control +0.043…+0.065)."
+    ),
+    status="confirmed",
     tier="quick",
     tags=("real_model",),
     calibration="fixtures/calibration/forgetting_smollm2.json",
@@ -83,8 +109,8 @@ CLAIM = Claim(
 
 TOP_K, N_TRAIN, SEQ_LEN, BATCH, STEPS, EVAL_EVERY = 4, 24, 32, 4, 30, 15
 ARMS = {"full": {"lr": 1e-4}, "lora": {"lr": 1e-3, "r": 8, "alpha": 16}}
-# std over seeds 0..4 of: learning(full) − learning(LoRA), forgetting(full) − forgetting(LoRA), forgetting(full)
-SIGMA = {"learning_gap": 0.0180, "forgetting_gap": 0.0078, "forgetting_full": 0.0095}
+SUBSTANTIAL = 0.05  # "learns less": at least 5 % less than full fine-tuning
+CONTROL_ABOVE = 0.02  # nats: the over-fitted LoRA checkpoint must sit this far above the frontier
 
 
 @pytest.fixture(scope="module")
@@ -169,44 +195,63 @@ def _record_and_plot(lab, runs):
     return finals
 
 
-def _sigma(name):
-    value = SIGMA[name]
-    if value is None:
-        pytest.fail(f"not yet calibrated: run --lab-seed 0..4 and set SIGMA[{name!r}]", pytrace=False)
-    return value
+def _points(runs, arm) -> np.ndarray:
+    """(learning, forgetting) of ``arm`` at every evaluated step, step 0 = (0, 0)."""
+    start = runs["start"]
+    return np.array([(start["code"] - v["code"], v["prose"] - start["prose"]) for _, v in runs[arm]["evals"]])
+
+
+def _best(runs, arm) -> tuple[int, float, float]:
+    """(step, learning, forgetting) of the checkpoint with the largest held-out code drop."""
+    pts = _points(runs, arm)
+    k = int(np.argmax(pts[:, 0]))
+    return runs[arm]["evals"][k][0], float(pts[k, 0]), float(pts[k, 1])
 
 
 def test_lora_learns_less(lab, runs):
-    finals = _record_and_plot(lab, runs)
+    _record_and_plot(lab, runs)
     assert not runs["full"]["diverged"] and not runs["lora"]["diverged"]
-    gap = finals["full"]["learning"] - finals["lora"]["learning"]
-    sigma = _sigma("learning_gap")
-    assert gap >= 2 * sigma, (
-        f"held-out code loss drop: full {finals['full']['learning']:.3f}, LoRA {finals['lora']['learning']:.3f} "
-        f"nats; gap {gap:.3f} not ≥ 2 σ_seed = {2 * sigma:.3f}"
+    (s_full, learn_full, _), (s_lora, learn_lora, _) = _best(runs, "full"), _best(runs, "lora")
+    shortfall = 1 - learn_lora / learn_full
+    lab.record(best_step_full=s_full, best_step_lora=s_lora, best_learning_full=learn_full,
+               best_learning_lora=learn_lora, shortfall=shortfall)
+    assert learn_full >= 0.1, f"control: full fine-tuning's held-out code loss fell by only {learn_full:.3f} nats"
+    assert shortfall >= SUBSTANTIAL, (
+        f"best checkpoints: full {learn_full:.3f} (step {s_full}), LoRA {learn_lora:.3f} (step {s_lora}) nats of "
+        f"held-out code: LoRA only {shortfall:.1%} short (< {SUBSTANTIAL:.0%})"
+    )
+
+
+def test_lora_forgets_less_at_matched_learning(lab, runs):
+    reference = _points(runs, "full")
+    step, learning, forgetting = _best(runs, "lora")
+    excess = float(excess_forgetting([(learning, forgetting)], reference)[0])
+    overfit = _points(runs, "lora")[-1]
+    excess_overfit = float(excess_forgetting([overfit], reference)[0])
+    lab.record(best_step_lora=step, excess_forgetting_best=excess, excess_forgetting_step30=excess_overfit,
+               lora_best_point=[learning, forgetting], full_points=reference.tolist())
+    assert excess_overfit >= CONTROL_ABOVE, (
+        f"control: LoRA's over-fitted step-{STEPS} checkpoint is only {excess_overfit:+.4f} nats above full FT's frontier"
+    )
+    assert excess < 0, (
+        f"LoRA's best checkpoint (step {step}: learning {learning:.3f}, forgetting {forgetting:+.4f}) lies "
+        f"{excess:+.4f} nats above full fine-tuning's learning–forgetting frontier {reference.tolist()}"
     )
 
 
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "5 seeds: full fine-tuning barely forgets prose (+0.011 ± 0.010 nats, control needs ≥ 0.019) "
-        "and LoRA forgets more, not less (+0.047 ± 0.010; full − LoRA = −0.036 ± 0.008). Hypothesis: "
-        "at 10× the learning rate LoRA memorises the 24 code windows harder (its held-out code loss "
-        "falls by 0.19 at step 15, then climbs back to −0.01 at step 30) and the prose loss rises with "
-        "that over-fitting; the paper trains on billions of tokens, where nothing is memorised"
+        "first sweep, seeds 0–4: after 30 steps LoRA forgets more prose than full fine-tuning, not less "
+        "(+0.047 ± 0.010 vs +0.011 ± 0.010 nats; full − LoRA = −0.036 ± 0.008). Hypothesis: at 10× the "
+        "learning rate LoRA memorises the 24 code windows (its held-out code loss falls by 0.19 at step 15, "
+        "then climbs back to −0.01 at step 30) and the prose loss rises with that over-fitting; the paper "
+        "trains on billions of tokens, where nothing is memorised"
     ),
 )
-def test_lora_forgets_less(lab, runs):
+def test_lora_forgets_less_at_matched_steps(lab, runs):
     finals = {arm: _final(runs, arm) for arm in ARMS}
     lab.record(**{f"{arm}_forgetting": finals[arm]["forgetting"] for arm in ARMS})
-    sigma_full, sigma_gap = _sigma("forgetting_full"), _sigma("forgetting_gap")
-    # control: forgetting must exist under full fine-tuning, or "LoRA forgets less" is empty
-    assert finals["full"]["forgetting"] >= 2 * sigma_full, (
-        f"full fine-tuning raised the prose loss by only {finals['full']['forgetting']:.4f} nats (2 σ = {2 * sigma_full:.4f})"
-    )
-    gap = finals["full"]["forgetting"] - finals["lora"]["forgetting"]
-    assert gap >= 2 * sigma_gap, (
-        f"prose loss rise: full {finals['full']['forgetting']:+.4f}, LoRA {finals['lora']['forgetting']:+.4f} nats; "
-        f"full − LoRA = {gap:+.4f}, not ≥ 2 σ_seed = {2 * sigma_gap:.4f}"
+    assert finals["lora"]["forgetting"] < finals["full"]["forgetting"], (
+        f"prose loss rise at step {STEPS}: full {finals['full']['forgetting']:+.4f}, LoRA {finals['lora']['forgetting']:+.4f} nats"
     )
