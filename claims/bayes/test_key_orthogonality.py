@@ -21,6 +21,18 @@ nothing to look up by key identity; what layer 0 must do is collect the values a
 which needs a *type* direction ("this is a value token"), not a frame of orthogonal hypotheses.
 The paper's orthogonal frame belongs to the shared-vocabulary, explicit-query variant (the
 authors themselves note the single frame head does not reproduce on the sep-vocab checkpoint).
+
+**After the science audit (issue 13): where the claim is made.** The claim belongs to the paired
+shared-vocabulary format ``[k1, v1, ..., kL, vL, q]`` (``labcore.tasks.bijection_paired``, the
+authors' ``train_paired_variant.py``), where the final query must be looked up by content. That
+runs in the GPU tier, ``bayes_key_orthogonality_shared`` (test_full_key_orthogonality_shared.py):
+on this CPU a V=10 paired model of the quick-tier size does not learn the lookup within budget
+(query accuracy 0.08–0.13, chance 0.1, after 1,000 steps and 60 s of CPU, seed 0; its layer-0 keys
+meanwhile went from mean |cos| 0.22 to 0.46 — but a model that has not learned the lookup cannot
+test a frame that serves it). This file stays the sep-vocab comparison, and adds the authors' own
+choice for sep-vocab models (``experiments/jlens/subspaces.py``): the hypotheses are the *value*
+tokens, and the frame head is the most orthogonal layer-0 head. That too is a strict xfail: the
+value tokens' keys also move together.
 """
 
 import matplotlib.pyplot as plt
@@ -44,16 +56,22 @@ CLAIM = Claim(
                "falls to ≤ 0.8× its value at initialisation.",
     metric="per-head mean off-diagonal |cos| of k_i = W_K·ln1(E[i]), i = 0..9 (key tokens), trained vs "
            "the same architecture at 20 random inits",
-    tolerance="mean over heads (trained) ≤ 0.8 × mean over heads and inits (random); "
-              "control: every random init's head-mean ≥ 0.12",
+    tolerance="mean over heads (trained) ≤ 0.8 × mean over heads and inits (random), key tokens; the same "
+              "bound on the most orthogonal head for the value tokens (authors' sep-vocab frame head) — both "
+              "strict xfails; control: every random init's head-mean ≥ 0.12",
     tolerance_why=(
-        "0.8 is the research note's threshold (BWT-6), about half the paper's 37 % drop. Measured over "
-        "seeds 0–4 (min/median/max): trained 0.998/0.999/0.999, random (20 inits each) 0.221/0.223/0.227, "
-        "ratio 4.40/4.49/4.52 — the opposite of the claim, in every seed; hence a strict xfail. The "
-        "control (random ≥ 0.12) is the hard check: measured head-means 0.195–0.261."
+        "0.8 is the research note's threshold (BWT-6), about half the paper's 37 % drop. Exploration seeds "
+        "0–4 (min/median/max): key tokens trained 0.998/0.999/0.999 vs random (20 inits each) "
+        "0.221/0.223/0.227, ratio 4.40/4.49/4.52; value tokens (the authors' sep-vocab hypotheses), most "
+        "orthogonal head vs random: ratio 1.89/2.30/2.52 — the opposite of the claim in every seed, hence "
+        "two strict xfails. The control (random ≥ 0.12) is the hard check: head-means 0.195–0.206 at the "
+        "least. The claim's own format (paired shared vocab) is the GPU claim bayes_key_orthogonality_shared. "
+        "Fresh seeds 100–104: both strict xfails held (key-token ratio 4.40/4.49/4.59, value-token "
+        "frame-head ratio 2.22/2.51/2.81); control head-means ≥ 0.190."
     ),
     tier="quick",
     calibration="fixtures/calibration/bayes_key_orthogonality.json",
+    status="confirmed",
 )
 
 RATIO_MAX, RANDOM_MIN, N_INITS = 0.8, 0.12, 20
@@ -74,6 +92,8 @@ def orthogonality(bijection_run) -> dict:
         later=[float(key_orthogonality(run.model, keys, layer=l).mean()) for l in range(1, run.model.cfg.n_layers)],
         value_tokens_trained=key_orthogonality(run.model, values, layer=0),
         value_tokens_init=key_orthogonality(run.snapshots[0], values, layer=0),
+        value_tokens_inits=np.stack([key_orthogonality(run.fresh_model(10_000 + run.seed * 100 + i), values, layer=0)
+                                     for i in range(N_INITS)]),
     )
 
 
@@ -116,3 +136,21 @@ def test_layer0_keys_become_orthogonal(lab, bijection_run, orthogonality):
 
     assert o["ratio"] <= RATIO_MAX, (
         f"trained mean |cos| {trained.mean():.3f} vs random {o['random_mean']:.3f}: ratio {o['ratio']:.2f} > {RATIO_MAX}")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured over seeds 0–4: the value tokens' layer-0 keys also move together (mean |cos| 0.52–0.66 vs "
+    "0.22 at init; see tolerance_why for the frame head); hypothesis: as for the key tokens, the sep-vocab "
+    "model needs a 'value token' type direction, not a frame of hypotheses"))
+def test_value_token_frame_head_is_orthogonal(lab, orthogonality):
+    """The authors' own choice for sep-vocab models (``experiments/jlens/subspaces.py``): the hypotheses
+    are the value tokens V..2V−1, and the frame head is the layer-0 head whose keys for them are most
+    orthogonal. Same bound as above, on that head."""
+    o = orthogonality
+    trained, random_mean = o["value_tokens_trained"], float(o["value_tokens_inits"].mean())
+    ratio = float(trained.min()) / random_mean
+    lab.record(value_tokens_trained_per_head=trained, value_tokens_frame_head=int(trained.argmin()),
+               value_tokens_random_mean=random_mean, value_tokens_ratio_min_head=ratio)
+    assert ratio <= RATIO_MAX, (
+        f"value tokens: most orthogonal layer-0 head {trained.min():.3f} vs random {random_mean:.3f}: "
+        f"ratio {ratio:.2f} > {RATIO_MAX}")

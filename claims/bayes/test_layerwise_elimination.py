@@ -12,8 +12,18 @@ blocks, at the query (key) positions of the fixed evaluation batch. Control that
 the embedding layer (it cannot know which values were used: its KL is ≳ the 0.9-bit
 context-free plateau).
 
-Seen over 5 seeds: the KL falls ~1 → 0.5 → 0.2 → 0.005 bits, except that one seed (3) solves the
-task in two blocks (KL 0.0047 after block 1) and leaves the third idle.
+Seen over 5 seeds before the audit: the KL falls ~1 → 0.6 → 0.2 → 0.005 bits, except that one
+seed (3) solves the task in two blocks (KL 0.0047 after block 1) and leaves the third idle.
+
+**Per-layer drop (science audit, issue 13).** The old check (KL may rise by ≤ 0.05 bits per
+layer, last within 0.05 of the best) had a slack ten times the final KL of ~0.005 bits, so it
+said nothing about the last layers. Now every block that *has work to do* — it receives a stream
+whose KL is more than 2× the model's final KL — must sharpen it: divide the KL by ≥ 1.1 and the
+mass on eliminated values by ≥ 1.5. A block that receives an already calibrated stream (seed 3's
+idle last block) is exempt, and the last readout must be within 2× of the best one. The thresholds
+were chosen after seeing lab seed 0, where block 0's logit-lens KL falls only 1.24× (1.00 → 0.81
+bits) while its eliminated mass halves: the logit lens reads block 0 poorly, the support shows its
+work. The exploration and fresh tables say whether they hold.
 
 We also record the progressive Q–K alignment of the paper (mean cosine between each query and
 the earlier context keys, per layer; ``labcore.measures.probes.qk_alignment_by_prefix``) — reported, not
@@ -42,23 +52,31 @@ CLAIM = Claim(
     paper_value="monotone sharpening of the per-layer posterior with depth (qualitative)",
     prediction="KL(Bayes‖logit lens) falls from ~1 bit at the embedding to the model's own KL (~0.005) at "
                "the last layer, without rising along the way.",
-    metric="KL(Bayes‖layer) in bits per readout (embedding, block 0, 1, 2) on 1,024 evaluation sequences",
-    tolerance="KL non-increasing along depth within 0.05 bits at every step; the last readout within 0.05 "
-              "bits of the best; total sharpening KL(last) ≤ 0.1·KL(embed); control: embedding KL ≥ 0.5",
+    metric="KL(Bayes‖layer) in bits and mass on eliminated values per readout (embedding, block 0, 1, 2) on "
+           "1,024 evaluation sequences; per block: KL in / KL out and mass in / mass out",
+    tolerance="every block fed a stream with KL > 2× the final KL cuts the KL ≥ 1.1× and the eliminated mass "
+              "≥ 1.5×; the last readout within 2× of the best; KL(last) ≤ 0.1·KL(embed); control: embedding KL ≥ 0.5",
     tolerance_why=(
-        "Slack 0.05 bits is the research note's (papers.md §1.10, BWT-3). Measured over seeds 0–4, KL "
-        "(embed, block 0, 1, 2): medians 1.017, 0.584, 0.191, 0.0051; ranges 0.99–1.11, 0.45–0.82, "
-        "0.0047–0.44, 0.0049–0.0052. The first version asserted argmin = last *exactly*; seed 3 failed "
-        "it by 0.0002 bits (0.0047 after block 1, 0.0049 after block 2) because its last block is idle "
-        "(bypassing it *lowers* the MAE, bayes_layer_ablation). We now apply the pre-stated 0.05 slack "
-        "to 'best' as well — a loosening made after seeing that seed, stated here; the monotonicity "
-        "check was tightened from 'last half' to every step, and it holds in 5/5 seeds."
+        "Before the audit the check was 'KL non-increasing within 0.05 bits', a slack 10× the final KL "
+        "(~0.005), so it could not see the last layers. Now per block, with thresholds set after lab seed 0 "
+        "(block 0: KL ÷1.24, mass ÷2.10 — the logit lens reads block 0 poorly while its support work is "
+        "plain): KL ÷ ≥ 1.1 and mass ÷ ≥ 1.5 for every block fed KL > 2× the final. Exploration seeds 0–4 "
+        "(min/median/max): KL per readout 0.99/1.02/1.11, 0.45/0.58/0.82, 0.0047/0.19/0.44, "
+        "0.0049/0.0051/0.0052; smallest KL drop of a block with work 1.21/1.74/2.39, smallest mass drop "
+        "1.86/2.41/2.76. Seed 3 leaves its last block idle (KL 0.0047 → 0.0049, exempt: it receives a "
+        "calibrated stream). "
+        "Fresh seeds 100–104: held in 5/5, but the KL-drop bound is tight — smallest KL drop of a block "
+        "with work 1.118/1.38/2.50 against 1.1 (block 0's logit-lens drop is marginal by nature); the mass "
+        "drop, 1.98/2.09/2.64 against 1.5, carries the per-layer claim."
     ),
     tier="quick",
     calibration="fixtures/calibration/bayes_layerwise_elimination.json",
+    status="confirmed",
 )
 
-SLACK = 0.05
+KL_DROP = 1.1      # a block fed an uncalibrated stream must divide its KL by at least this ...
+MASS_DROP = 1.5    # ... and the mass on eliminated values by at least this
+FLOOR = 2.0        # "already calibrated": the KL it receives is within 2× of the model's final KL
 
 
 @torch.no_grad()
@@ -99,8 +117,16 @@ def test_logit_lens_kl_decreases_with_depth(lab, bijection_run):
     fig.tight_layout()
     lab.savefig(fig, "kl_per_layer")
 
+    drops = [a / b for a, b in zip(kl, kl[1:])]                   # per block: KL in / KL out
+    mass_drops = [a / max(b, 1e-12) for a, b in zip(em, em[1:])]  # per block: eliminated mass in / out
+    owed = [a > FLOOR * kl[-1] for a in kl[:-1]]                  # did the block receive work to do?
+    lab.record(kl_drop_per_block=drops, block_had_work=owed, eliminated_mass_drop_per_block=mass_drops,
+               min_kl_drop_with_work=min(d for d, w in zip(drops, owed) if w),
+               min_mass_drop_with_work=min(d for d, w in zip(mass_drops, owed) if w))
     assert kl[0] >= 0.5, f"control: the embedding readout should be near the 0.9-bit plateau, got KL {kl[0]:.3f}"
-    rises = [b - a for a, b in zip(kl, kl[1:])]
-    assert all(r <= SLACK for r in rises), f"KL rises by {np.round(rises, 4)} bits along depth {np.round(kl, 4)}"
-    assert kl[-1] <= min(kl) + SLACK, f"the last readout is not (within {SLACK}) the best: KL {np.round(kl, 4)}"
+    lazy = [i for i, (d, m, w) in enumerate(zip(drops, mass_drops, owed)) if w and (d < KL_DROP or m < MASS_DROP)]
+    assert not lazy, (f"blocks {lazy} received KL > {FLOOR}× the final but cut it by < {KL_DROP}× or the eliminated "
+                      f"mass by < {MASS_DROP}×: KL {np.round(kl, 4)}, drops {np.round(drops, 2)}, "
+                      f"mass drops {np.round(mass_drops, 2)}")
+    assert kl[-1] <= FLOOR * min(kl), f"the last readout is not within {FLOOR}× of the best: KL {np.round(kl, 4)}"
     assert kl[-1] <= 0.1 * kl[0], f"little sharpening from the embedding to the output: KL {np.round(kl, 4)}"

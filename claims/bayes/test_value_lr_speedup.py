@@ -20,33 +20,41 @@ T = 2000 on this shared 2-core machine, so the paper's T = 2000 × 3 seeds (6 ru
 ≈ 16 min; T = 500 × 3 seeds takes ≈ 1–2 min. Seeds: the paper's 42, 2024, 1337 (``--lab-seed n``
 adds 100000·n to each, so a seed sweep draws new chains and inits).
 
-Measured (T = 500, 1000 steps) over --lab-seed 0..4, i.e. 15 chains:
-    speed-up  min 2.00 / median 2.45 / max 3.76   (paper 2.3; research re-implementation at
-              T = 2000: 2.44 / 2.37 / 2.69 for seeds 42 / 2024 / 1337)
-    per lab seed (42, 2024, 1337 + 100000 n):  n=0 3.76 2.16 2.25 | n=1 2.45 2.87 3.03 |
-              n=2 3.75 2.78 2.12 | n=3 2.00 2.79 2.43 | n=4 2.21 2.50 2.30
-    final CE  SGD 1.99–2.07, EM 1.88–2.02 nats; EM − SGD from −0.13 to −0.05, EM lower in every chain
-    two more chains (seeds 7777, 9999): 2.94 and 1.93.
-    T = 2000, seed 42, once: EM reaches SGD's final (2.066) at step 365, speed-up 2.74.
-Wall time: 11 ms/step at T = 500 with the box loaded (≈ 6 runnable processes on 2 cores);
-the file took 50–80 s per seed under `lab calibrate` (100–135 s when my own background jobs
-competed as well).
+Measured numbers (speed-ups per chain, final losses, the controls) are in the calibration tables
+``fixtures/calibration/bayes_value_lr_speedup.json`` (seeds 0–4) and ``.fresh.json`` (100–104), and
+summarised in the CLAIM's ``tolerance_why``. Wall time: the SGD and EM runs dominate (≈ 5 ms/step
+of CPU at T = 500, 6 runs of 1,000 steps); the controls stop at the crossing and add a few seconds.
 
 Picture (loss_curves.png): SGD at lr 0.01 barely leaves chance (ln 8 = 2.079 nats) in 1000
-steps, while the EM-like run bends down after ~200 steps and ends within 0.01–0.14 nats of
-H_min. So "2.3× faster" here means "escapes the initial plateau much sooner".
+steps, while the EM-like run bends down after a few hundred steps. So "2.3× faster" here means
+"escapes the initial plateau much sooner".
 
-Control: the metric applied to the SGD curve itself (SGD vs its own final loss) must give a
-speed-up of ≈ 1 (it is 1.00 in every seed), so "≥ 1.7" is not something the bookkeeping
-produces by construction.
+**Equal-learning-rate controls (science audit, issue 13).** The old control (SGD against its own
+final loss) was 1.00 by construction. "10× on W_V is faster" can mean two things: the *values*
+(the M-step of the EM reading) are what needs the larger step, or *any* larger step escapes the
+plateau of a small init. Two controls on the same chain and init separate them:
+
+* 10× on W_Q and W_K only (the "frame", the E-step side) — if the EM reading is right, this
+  should help much less than 10× on W_V. Asserted as the value-specific claim: EM speed-up
+  ≥ 1.5 × this control's in ≥ 2 of 3 chains. Prediction, written after one look at lab seed 0
+  (where it already failed: Q/K 10× was as fast or faster), so it is a strict xfail.
+* 10× on every parameter — plain SGD's gradient flow run 10× faster, so it must reach SGD's final
+  loss ≈ 10× sooner (a check of the bookkeeping, asserted in [8, 10.5]) and no later than EM-like.
+
+What the controls show: the 2–4× speed-up of the paper's schedule is real, but it is not
+value-specific here — a 10× step on the query/key side of the head escapes the plateau at least as
+fast. At init (std 0.1) every factor of the head's output is small, so enlarging any factor's
+step speeds the escape; nothing singles out the M-step.
 """
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 
+from labcore.measures.lr_speedup import steps_to_loss
 from labcore.notebook.claims import Claim, Source
 from labcore.tasks.sticky_chain import conditional_entropy_nats, sticky_transition_matrix
-from labcore.training.em_vs_sgd import run_em_vs_sgd, steps_to_threshold
+from labcore.training.em_vs_sgd import run_em_vs_sgd
 
 CLAIM = Claim(
     id="bayes_value_lr_speedup",
@@ -57,58 +65,118 @@ CLAIM = Claim(
                   arxiv="2512.22473", version="v2",
                   where="§5.2 sticky Markov-chain simulation (EM-like vs SGD); authors' em_vs_sgd_multiseed.py"),
     paper_value="2.3× (430 vs 1000 steps), T=2000, 5 seeds",
-    prediction="With T=500 (CPU budget) the EM-like run still reaches SGD's final loss about 2× sooner, "
-               "and ends lower, in each of the paper's seeds 42, 2024, 1337.",
-    metric="per seed: 1000 / (first step with EM loss < SGD final loss); final full-batch CE of both",
-    tolerance="speed-up ≥ 1.7 in ≥ 2 of 3 seeds; EM final < SGD final in all 3; control speed-up < 1.2",
+    prediction="With T=500 (CPU budget) the EM-like run still reaches SGD's final loss about 2× sooner, and ends lower, "
+               "in each of the paper's seeds 42, 2024, 1337. Equal-LR controls (written after one look at lab seed 0): "
+               "10× on all parameters ≈ 10× (time rescaling); the value-specific reading (EM ≥ 1.5× the Q/K-10× control) fails",
+    metric="per chain: 1000 / (first step with loss < SGD final loss) for EM-like (10× W_V), 10× W_Q+W_K, 10× all; "
+           "final full-batch CE of SGD and EM",
+    tolerance=(
+        "EM speed-up ≥ 1.7 in ≥ 2 of 3 chains; EM final < SGD final in all 3; 10× on all parameters: speed-up in "
+        "[8, 10.5] and ≥ EM in every chain; value-specific (EM ≥ 1.5 × the 10×-on-W_Q/W_K speed-up in ≥ 2 of 3 "
+        "chains) is a strict xfail"
+    ),
     tolerance_why=(
-        "Research note: 1.7 is below every calibrated speed-up (2.37–2.69 at T=2000). Ours at T=500, "
-        "--lab-seed 0..4 (15 chains): min 2.00 / median 2.45 / max 3.76 (2 more chains: 2.94, 1.93); none "
-        "below 1.7, and '2 of 3 seeds' tolerates one unlucky chain. EM−SGD final CE: −0.13 to −0.05 nats in "
-        "all 15 (≥ 0.05 nats is far above run-to-run noise: the runs are deterministic given the seed). "
-        "Control (SGD vs its own final loss) is 1.00 by construction of a decreasing curve."
+        "Research note: 1.7 is below every calibrated speed-up (2.37–2.69 at T=2000). Exploration, --lab-seed "
+        "0..4 (15 chains, min/median/max per chain slot): EM speed-up 2.00–3.76 (medians 2.45, 2.78, 2.30); "
+        "EM final below SGD final in all 15. Controls on the same chain and init: 10× on W_Q, W_K only "
+        "3.16–4.44 (medians 3.8–3.9) — faster than the value LR in 14 of 15 chains; EM / Q-K ratio "
+        "0.48–1.15, never ≥ 1.5 (strict xfail: the speed-up is not value-specific). 10× on all parameters "
+        "crosses at step 101 in every chain (9.90×): plain SGD's gradient flow 10× faster, a bookkeeping "
+        "check. The old control (SGD against its own final loss, 1.00 by construction) is gone. "
+        "Fresh seeds 100–104 (15 chains): all tests held — EM speed-up 1.59–4.05 (one chain below 1.7, "
+        "1.59 at seed 102: the '2 of 3' rule absorbs it), Q/K-10× 3.26–5.46, EM / Q-K 0.31–1.01 (never ≥ 1.5), 10× on all 9.90 "
+        "in every chain."
     ),
     tier="quick",
     calibration="fixtures/calibration/bayes_value_lr_speedup.json",
+    status="confirmed",
 )
 
 PAPER_SEEDS = (42, 2024, 1337)
 T, STEPS = 500, 1000
 MIN_SPEEDUP, MIN_SEEDS = 1.7, 2
+UNIFORM_RANGE = (8.0, 10.5)   # a uniform 10× is a 10× time rescaling of the same gradient flow
+VALUE_SPECIFIC = 1.5          # EM speed-up ≥ 1.5 × the Q/K control's = "the value LR is what matters"
+CONTROLS = {                  # equal 10× factors on other parameters (lr 0.01 × factor, plain SGD)
+    "qk_10x": {"W_Q": 10.0, "W_K": 10.0},
+    "all_10x": {"W_Q": 10.0, "W_K": 10.0, "W_V": 10.0, "W_O": 10.0},
+}
 
 
-def test_value_lr_speedup(lab):
-    seeds = [s + 100_000 * lab.seed for s in PAPER_SEEDS]
+@pytest.fixture(scope="module")
+def chains(lab_seed):
+    """Per chain: SGD and EM-like for 1,000 steps, and each control until it beats SGD's final loss."""
+    seeds = [s + 100_000 * lab_seed for s in PAPER_SEEDS]
     runs = [run_em_vs_sgd(s, T=T, steps=STEPS) for s in seeds]
-    h_min = conditional_entropy_nats(sticky_transition_matrix())
-    control = [STEPS / max(steps_to_threshold(r.sgd_losses, r.sgd_final), 1) for r in runs]
-    speedups = [r.speedup for r in runs]
-    lab.record(
-        seeds=seeds, T=T, steps=STEPS, h_min_nats=h_min,
-        h_min_authors_code_nats=conditional_entropy_nats(sticky_transition_matrix(authors_code=True)),
-        speedup=speedups, em_steps_to_sgd_final=[r.em_steps_to_sgd_final for r in runs],
-        sgd_final=[r.sgd_final for r in runs], em_final=[r.em_final for r in runs],
-        control_sgd_self_speedup=control, speedup_median=float(np.median(speedups)),
-        seconds=[r.seconds for r in runs],
-    )
+    controls = {name: [steps_to_loss(r.seed, r.sgd_final, f, T=T, max_steps=STEPS) for r in runs]
+                for name, f in CONTROLS.items()}
+    speed = {"em": [r.speedup for r in runs],
+             **{name: [a.speedup(STEPS) for a in arms] for name, arms in controls.items()}}
+    return dict(seeds=seeds, runs=runs, controls=controls, speed=speed)
 
+
+def _record_and_plot(lab, c):
+    runs, speed = c["runs"], c["speed"]
+    h_min = conditional_entropy_nats(sticky_transition_matrix())
+    lab.record(
+        seeds=c["seeds"], T=T, steps=STEPS, h_min_nats=h_min,
+        h_min_authors_code_nats=conditional_entropy_nats(sticky_transition_matrix(authors_code=True)),
+        speedup=speed["em"], em_steps_to_sgd_final=[r.em_steps_to_sgd_final for r in runs],
+        sgd_final=[r.sgd_final for r in runs], em_final=[r.em_final for r in runs],
+        speedup_median=float(np.median(speed["em"])), seconds=[r.seconds for r in runs],
+        **{f"{name}_speedup": speed[name] for name in CONTROLS},
+        **{f"{name}_steps_to_sgd_final": [a.steps_to_threshold for a in c["controls"][name]] for name in CONTROLS},
+        em_over_qk=[e / q for e, q in zip(speed["em"], speed["qk_10x"])],
+    )
     fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 3.5), sharey=True)
-    for ax, r in zip(np.atleast_1d(axes), runs):
+    for i, (ax, r) in enumerate(zip(np.atleast_1d(axes), runs)):
         ax.plot(r.sgd_losses, color="C3", label="SGD, lr 0.01")
-        ax.plot(r.em_losses, color="C0", label="EM-like, lr 0.1 on W_V")
+        ax.plot(r.em_losses, color="C0", label="EM-like, 10× on W_V")
+        ax.plot(c["controls"]["qk_10x"][i].losses, color="C1", ls="--", label="control: 10× on W_Q, W_K")
+        ax.plot(c["controls"]["all_10x"][i].losses, color="C4", ls="--", label="control: 10× on all")
         ax.axhline(r.sgd_final, color="C3", ls=":", lw=0.8)
-        ax.axvline(r.em_steps_to_sgd_final, color="C0", ls=":", lw=0.8)
         ax.axhline(h_min, color="green", ls="--", label=f"H_min = {h_min:.3f}")
         ax.axhline(np.log(8), color="gray", ls=":", label="chance, ln 8")
-        ax.set(xlabel="step", title=f"seed {r.seed}: {r.speedup:.2f}× ({r.em_steps_to_sgd_final} steps)")
+        ax.set(xlabel="step", title=f"seed {r.seed}: EM {r.speedup:.2f}×, Q/K {speed['qk_10x'][i]:.2f}×, "
+                                    f"all {speed['all_10x'][i]:.2f}×")
+        ax.title.set_fontsize(8)
     np.atleast_1d(axes)[0].set_ylabel("full-batch CE (nats)")
-    np.atleast_1d(axes)[0].legend(fontsize=8)
-    fig.suptitle(f"sticky Markov chain, T={T}, single-head attention")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(f"sticky Markov chain, T={T}, single-head attention (controls stop at SGD's final loss)")
     fig.tight_layout()
     lab.savefig(fig, "loss_curves")
 
+
+def test_value_lr_speedup(lab, chains):
+    """The paper's number: 10× on W_V reaches plain SGD's final loss ≥ 1.7× sooner, and ends lower."""
+    _record_and_plot(lab, chains)
+    runs, speedups = chains["runs"], chains["speed"]["em"]
     fast = sum(s >= MIN_SPEEDUP for s in speedups)
     assert fast >= MIN_SEEDS, f"speed-ups {np.round(speedups, 2)}: only {fast} of {len(runs)} ≥ {MIN_SPEEDUP}"
     lower = [r.em_final < r.sgd_final for r in runs]
     assert all(lower), f"EM final {[round(r.em_final, 4) for r in runs]} vs SGD {[round(r.sgd_final, 4) for r in runs]}"
-    assert max(control) < 1.2, f"control: SGD against its own final loss gave speed-ups {np.round(control, 3)}"
+
+
+def test_uniform_10x_is_a_time_rescaling(lab, chains):
+    """Bookkeeping check: 10× on *every* parameter is plain SGD's gradient flow run 10× faster, so it must
+    reach SGD's final loss ≈ 10× sooner (only the discretisation differs) — and no later than EM-like."""
+    speed = chains["speed"]
+    lab.record(em_speedup=speed["em"], all_10x_speedup=speed["all_10x"], qk_10x_speedup=speed["qk_10x"])
+    assert all(UNIFORM_RANGE[0] <= a <= UNIFORM_RANGE[1] for a in speed["all_10x"]), (
+        f"10× on all parameters gave speed-ups {np.round(speed['all_10x'], 2)}, not ≈ 10")
+    assert all(a >= e for a, e in zip(speed["all_10x"], speed["em"])), (
+        f"10× on all parameters {np.round(speed['all_10x'], 2)} is slower than 10× on W_V {np.round(speed['em'], 2)}")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured over --lab-seed 0..4 (15 chains): the 10× Q/K control is as fast as or faster than 10× on W_V — "
+    "see tolerance_why for the numbers; hypothesis: at init (std 0.1) every path of the single head is small, "
+    "so a larger step on ANY of its factors escapes the saddle sooner; nothing singles out the values (M-step)"))
+def test_speedup_is_value_specific(lab, chains):
+    """The EM reading: the speed-up comes from the value (M-step) learning rate, not from any larger LR."""
+    speed = chains["speed"]
+    ratio = [e / q for e, q in zip(speed["em"], speed["qk_10x"])]
+    lab.record(em_over_qk=ratio, em_speedup=speed["em"], qk_10x_speedup=speed["qk_10x"])
+    specific = sum(r >= VALUE_SPECIFIC for r in ratio)
+    assert specific >= MIN_SEEDS, (
+        f"EM speed-up / Q-K-control speed-up {np.round(ratio, 2)}: only {specific} of {len(ratio)} ≥ {VALUE_SPECIFIC}")

@@ -5,6 +5,8 @@ returns the exact answer beside the tokens (a posterior, a true next-token distr
 entropy floor), so a model can be graded against the optimum rather than against a noisy label:
 
 * :mod:`labcore.tasks.bijection`: bijection elimination (belief accumulation), sep-vocab format.
+* :mod:`labcore.tasks.bijection_paired`: the paper's paired shared-vocabulary bijection format with
+  an explicit final query.
 * :mod:`labcore.tasks.hmm`: HMM filtering (belief transport), forward-algorithm posteriors.
 * :mod:`labcore.tasks.recall`: associative recall (random-access binding).
 * :mod:`labcore.tasks.pair_recall`: one-head key–value pair recall (the scaled-attention claim).
