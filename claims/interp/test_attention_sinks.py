@@ -18,8 +18,6 @@ Seen while writing this: per-layer mean sink score 0.03–0.12 in layers 0–2 a
 elsewhere; the same with and without BOS.
 """
 
-import copy
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -51,11 +49,13 @@ CLAIM = Claim(
         "No randomness (fixed text, fixed model): thresholds were written before running. The seed sweep "
         "(fixtures/calibration/interp_attention_sinks.json, seeds 0–4) only confirms determinism: every value has "
         "std 0 — deep-head fraction 0.857, mass on position 1 0.011, window rise 2.65 nats, recovery 0.91 — so no "
-        "further seeds are needed (fresh seeds 100–104 gave the same and passed)."
+        "further seeds are needed. Recalibrated after moving to the shared smollm2 fixture: same values; fresh "
+        "seeds 100–104 (fixtures/calibration/interp_attention_sinks.fresh.json) identical, 5/5 passed."
     ),
     tier="quick",
     tags=("real_model",),
     calibration="fixtures/calibration/interp_attention_sinks.json",
+    status="confirmed",
 )
 
 SEQ, BATCH, WINDOW, SINKS, SKIP = 64, 4, 8, 4, 16
@@ -73,18 +73,12 @@ def _window_hooks(n_layers, T, window, sinks):
 
 
 @pytest.fixture(scope="module")
-def measured():
-    from labcore.glassbox.hf import HookedHF
+def measured(smollm2):
     from labcore.interp import heads
     from labcore.interp.readout import n_layers
     from labcore.pretrained.corpus import load_domain
-    from labcore.pretrained.smollm2 import MissingModelError, pristine_smollm2
 
-    try:
-        base, tok, load_seconds = pristine_smollm2()
-    except MissingModelError as e:
-        pytest.skip(str(e))
-    model = HookedHF(copy.deepcopy(base))
+    model, tok, load_seconds = smollm2.model, smollm2.tokenizer, smollm2.load_seconds
     L = n_layers(model)
     tokens = load_domain("prose", tok).eval_blocks(SEQ)[:BATCH]
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
@@ -104,7 +98,6 @@ def measured():
            [tok.decode(t) for t in tokens[:, 0]],
            "full": loss(), "window": loss(_window_hooks(L, SEQ, WINDOW, 0)),
            "sinks": loss(_window_hooks(L, SEQ, WINDOW, SINKS))}
-    model.detach_hooks()
     return out
 
 

@@ -35,8 +35,6 @@ not hold at the 2× bar: hit rate 0.050 (10 of 200 neurons) vs 0.031 shuffled (r
 22–23 reach 0.15, layers 26–29 are 0.00. Both tests are strict xfails with these numbers.
 """
 
-import copy
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -72,29 +70,26 @@ CLAIM = Claim(
     tolerance="ρ ≥ 0.5; upper > lower; control upper < ½ top-1 upper; hit rate ≥ 2 × shuffled",
     tolerance_why=(
         "No randomness: fixed text (all prose windows), fixed neuron sample (seed 0, not --lab-seed), all-pairs "
-        "shuffle; two runs gave identical numbers (ρ −0.10, hit 0.050 vs shuffled 0.031), so no calibration table. "
-        "Thresholds (ρ 0.5, ½, 2×) written before the first run; both predictions fail → strict xfail."
+        "shuffle. Thresholds (ρ 0.5, ½, 2×) written before the first run; both predictions fail → strict xfail. "
+        "Table fixtures/calibration/interp_ffn_key_value_memories.json (seeds 0–4) and its .fresh.json (100–104): "
+        "every value identical on all 10 seeds (ρ −0.10, upper/lower third −0.02/0.39, hit 0.050 vs shuffled "
+        "0.031); both tests strict-xfailed on all 10."
     ),
     tier="quick",
     tags=("real_model",),
-    calibration=None,
+    calibration="fixtures/calibration/interp_ffn_key_value_memories.json",
+    status="confirmed",
 )
 
 SEQ, K, N_CTX, PER_LAYER, CONTROL_RANK = 64, 50, 5, 20, 1000
 
 
 @pytest.fixture(scope="module")
-def measured():
-    from labcore.glassbox.hf import HookedHF
+def measured(smollm2):
     from labcore.interp.readout import final_norm, final_resid_name, frozen_norm_parts, unembedding_weight
     from labcore.pretrained.corpus import load_domain
-    from labcore.pretrained.smollm2 import MissingModelError, pristine_smollm2
 
-    try:
-        base, tok, load_seconds = pristine_smollm2()
-    except MissingModelError as e:
-        pytest.skip(str(e))
-    model = HookedHF(copy.deepcopy(base))
+    model, tok, load_seconds, base = smollm2.model, smollm2.tokenizer, smollm2.load_seconds, smollm2.base
     prose = load_domain("prose", tok)
     ev, tr = prose.eval_blocks(SEQ), prose.train_blocks(SEQ)
     tokens = torch.cat([ev, tr])
@@ -105,7 +100,6 @@ def measured():
     names = [final] + [f"blocks.{l}.hook_mlp_out" for l in range(L)] + [f"blocks.{l}.mlp.hook_post" for l in upper]
     with torch.no_grad():
         logits, cache = model.run_with_cache(tokens, names_filter=names)
-    model.detach_hooks()
 
     # (a) direct logit attribution of each MLP to the model's top-1 (and rank-1000) token, eval windows
     W_U = unembedding_weight(model).detach().float()

@@ -32,8 +32,6 @@ Seen while writing this (seed 0): trained g = 1.087 (R² 0.95), early 1.074, lat
 1.026: the norm 2.7 → 29.6 grows almost linearly in l, i.e. additively (power-law exponent 0.64).
 """
 
-import copy
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -66,12 +64,14 @@ CLAIM = Claim(
         "1.03 is the post's GPT-2 XL value (1.045) minus a margin, chosen before measuring SmolLM2. Table "
         "fixtures/calibration/interp_residual_norm_growth.json, seeds 0–4 (5/5 passed): trained g 1.087, R² 0.95, "
         "early/late 1.074/1.125 (identical on every seed); control early 1.109–1.113, late 1.024–1.026 — the "
-        "control's late-half bound (< 1.03) has a margin of only ≈ 0.004, ≈ 4× its seed spread. Fresh seeds "
-        "100–104 (--out /tmp/interp-fresh3): 5/5 passed, control late 1.025–1.026."
+        "control's late-half bound (< 1.03) has a margin of only ≈ 0.004, ≈ 4× its seed spread. Recalibrated "
+        "after moving to the shared smollm2 fixture (same numbers). Fresh seeds 100–104 "
+        "(fixtures/calibration/interp_residual_norm_growth.fresh.json): 5/5 passed, control late 1.025–1.026."
     ),
     tier="quick",
     tags=("real_model",),
     calibration="fixtures/calibration/interp_residual_norm_growth.json",
+    status="confirmed",
 )
 
 SEQ, N_EVAL, EARLY, LATE = 32, 4, (1, 16), (15, 30)
@@ -86,33 +86,27 @@ def _fit(norms, lo, hi):
     return float(np.exp(slope)), float(r2)
 
 
-def _norms(hf_model, tokens):
-    from labcore.glassbox.hf import HookedHF
+def _norms(hooked, tokens):
+    """Median residual norm per layer index at positions ≥ 1, and at position 0 (the attention sink)."""
     from labcore.interp import lenses
 
-    hooked = HookedHF(hf_model)
     resids = lenses.lens_residuals(hooked, tokens)
-    hooked.detach_hooks()
     return ([float(r[:, 1:].norm(dim=-1).median()) for r in resids],
-            [float(r[:, 0].norm(dim=-1).median()) for r in resids])  # position 0: the attention sink
+            [float(r[:, 0].norm(dim=-1).median()) for r in resids])
 
 
 @pytest.fixture(scope="module")
-def measured(lab_seed):
+def measured(lab_seed, smollm2):
     from transformers import AutoModelForCausalLM
 
+    from labcore.glassbox.hf import HookedHF
     from labcore.pretrained.corpus import load_domain
-    from labcore.pretrained.smollm2 import MissingModelError, pristine_smollm2
 
-    try:
-        base, tok, load_seconds = pristine_smollm2()
-    except MissingModelError as e:
-        pytest.skip(str(e))
-    tokens = load_domain("prose", tok).eval_blocks(SEQ)[:N_EVAL]
-    trained, trained_pos0 = _norms(copy.deepcopy(base), tokens)
+    tokens = load_domain("prose", smollm2.tokenizer).eval_blocks(SEQ)[:N_EVAL]
+    trained, trained_pos0 = _norms(smollm2.model, tokens)
     torch.manual_seed(lab_seed)
-    fresh = AutoModelForCausalLM.from_config(base.config, attn_implementation="eager").eval()
-    return {"load_seconds": load_seconds, "trained": trained, "trained_pos0": trained_pos0,
+    fresh = HookedHF(AutoModelForCausalLM.from_config(smollm2.base.config, attn_implementation="eager").eval())
+    return {"load_seconds": smollm2.load_seconds, "trained": trained, "trained_pos0": trained_pos0,
             "reinit": _norms(fresh, tokens)[0]}
 
 

@@ -20,8 +20,6 @@ the best L18H6 0.87, L17H3/4/5 0.63–0.70; ablating the top 10 raises the secon
 13.0 nats, 3 random draws of 10 heads to 8.8, 4.7, 6.7.
 """
 
-import copy
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -52,29 +50,26 @@ CLAIM = Claim(
         "Seed = the random tokens and the random heads. Thresholds (0.5, 3, 2×) written before running. Table "
         "fixtures/calibration/interp_smollm2_induction_heads.json, seeds 0–4, 5/5 passed: second/first 0.24–0.29; "
         "8–10 heads > 0.3; Δ_top 8.5–9.2 nats vs mean Δ_random 0.26–1.23, ratio 6.9–35 (the loosest margin: one "
-        "random draw of 10 heads can hit early copying heads). Fresh seeds 100–104 (lab calibrate interp --seeds 5 "
-        "--start 100): 5/5 passed; second/first 0.20–0.31, 8–12 heads > 0.3, ablation ratio 4.5–43."
+        "random draw of 10 heads can hit early copying heads). Recalibrated after moving to the shared smollm2 "
+        "fixture and adding the viewer snapshots (same numbers). Fresh seeds 100–104 "
+        "(fixtures/calibration/interp_smollm2_induction_heads.fresh.json): 5/5 passed; second/first 0.20–0.31, "
+        "8–12 heads > 0.3, ablation ratio 4.5–43."
     ),
     tier="quick",
     tags=("real_model",),
     calibration="fixtures/calibration/interp_smollm2_induction_heads.json",
+    status="confirmed",
 )
 
-HALF, BATCH, K, N_RANDOM = 32, 4, 10, 5
+HALF, BATCH, K, N_RANDOM, SNAP = 32, 4, 10, 5, 8
 
 
 @pytest.fixture(scope="module")
-def measured(lab_seed):
-    from labcore.glassbox.hf import HookedHF
+def measured(lab_seed, smollm2):
     from labcore.interp import heads
     from labcore.measures.probes import zero_head
-    from labcore.pretrained.smollm2 import MissingModelError, pristine_smollm2
 
-    try:
-        base, tok, load_seconds = pristine_smollm2()
-    except MissingModelError as e:
-        pytest.skip(str(e))
-    model = HookedHF(copy.deepcopy(base))
+    model, tok, load_seconds = smollm2.model, smollm2.tokenizer, smollm2.load_seconds
     g = torch.Generator().manual_seed(lab_seed)
     tokens = heads.repeated_random_tokens(BATCH, HALF, tok.vocab_size, g, prefix=tok.bos_token_id)
     scores = heads.head_scores(model, tokens)
@@ -100,8 +95,19 @@ def measured(lab_seed):
            "random_ablated": [copy_losses(ablate(r))[1] for r in randoms], "random_sets": randoms}
     _, cache = model.run_with_cache(tokens[:1], names_filter=[f"blocks.{top[0] // n_heads}.attn.hook_pattern"])
     out["pattern"] = cache[f"blocks.{top[0] // n_heads}.attn.hook_pattern"][0, top[0] % n_heads].float().numpy()
-    model.detach_hooks()
+    out["snapshot"] = _snapshot(model, tok, tokens[0], [t // n_heads for t in top])
     return out
+
+
+def _snapshot(model, tok, seq, top_layers):
+    """For the report's viewer: [BOS, x₁…x₈, x₁…x₈] of the first sequence, every head of the two layers
+    holding the best induction heads, plus layer 1 (before any induction head) for contrast."""
+    short = torch.cat([seq[:1], seq[1:1 + SNAP], seq[1:1 + SNAP]])[None]  # (1, 2·SNAP + 1)
+    layers = sorted({1, *list(dict.fromkeys(top_layers))[:2]})
+    names = [f"blocks.{l}.attn.hook_pattern" for l in layers]
+    _, cache = model.run_with_cache(short, names_filter=names)
+    return {"tokens": [tok.decode([t]) for t in short[0].tolist()],
+            "layers": {l: cache[n][0].float() for l, n in zip(layers, names)}}  # (H, T, T) per layer
 
 
 def test_smollm2_has_induction_heads(lab, measured):
@@ -132,6 +138,8 @@ def test_smollm2_has_induction_heads(lab, measured):
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     lab.savefig(fig, "induction_heads")
+    for layer, pattern in m["snapshot"]["layers"].items():  # one viewer snapshot per layer: (1, H, T, T)
+        lab.save_attention(m["snapshot"]["tokens"], pattern[None], f"layer{layer}")
 
     assert m["second"] < 0.5 * m["first"], f"no copying: first {m['first']:.2f}, second {m['second']:.2f} nats"
     assert n_strong >= 3, f"only {n_strong} heads with induction score > 0.3"

@@ -18,6 +18,8 @@ heads          previous-token, duplicate-token, induction and attention-sink sco
 probing        linear probes with control tasks and selectivity (Hewitt & Liang 2019)
 diffing        attention-pattern JS/KL per head, linear CKA of residuals (Kornblith et al. 2019),
                output KL
+tracing        causal tracing (Meng et al. 2022, ROME): noise the subject's embeddings, restore one
+               hidden state or MLP output per layer × position, indirect effect on p(answer)
 =============  ===================================================================================
 
 This package is science: it never imports ``labcore.notebook``.

@@ -25,7 +25,8 @@ from labcore.interp.readout import (
     unembed,
 )
 
-__all__ = ["TunedLens", "lens_residuals", "logit_lens_kl", "train_tuned_lens", "tuned_lens_kl"]
+__all__ = ["TunedLens", "fit_translators_ridge", "lens_residuals", "logit_lens_kl", "train_translators_kl",
+           "train_tuned_lens", "tuned_lens_kl"]
 
 
 @torch.no_grad()
@@ -76,30 +77,80 @@ def train_tuned_lens(model, tokens: torch.Tensor, steps: int = 200, lr: float = 
     """Fit a tuned lens on ``tokens`` (B, T) by Adam on Σ_l KL(final ‖ lens_l); the model is frozen.
 
     Activations are cached once; each step uses ``batch_rows`` random rows (all rows if None).
-    Returns (lens, the summed training loss per step).
+    Returns (lens, the summed training loss per step). :func:`train_translators_kl` is the same on
+    cached residuals, for a subset of layers and a token-level minibatch.
     """
     resids = lens_residuals(model, tokens)
     L = len(resids) - 1
     if lens is None:
         lens = TunedLens(resids[0].shape[-1], L).to(resids[0].device)
+    rows = None
+    if batch_rows:
+        def rows():
+            return torch.randperm(tokens.shape[0], generator=generator)[:batch_rows]
+    losses = _adam_kl(model, lens, resids, list(range(L)), steps, lr, rows)
+    return lens, losses
+
+
+def train_translators_kl(model, lens: TunedLens, resids: list[torch.Tensor], layers, steps: int = 20,
+                         lr: float = 1e-3, batch_tokens: int | None = None,
+                         generator: torch.Generator | None = None) -> list[float]:
+    """Belrose et al.'s objective on cached residuals ``resids`` (:func:`lens_residuals`): Adam on
+    Σ_{l ∈ layers} KL(final ‖ unembed(translator_l(h_l))), ``batch_tokens`` random tokens per step
+    (over batch × positions; all if None). Trains ``lens`` in place (from whatever it holds: the
+    identity, or a ridge fit, :func:`fit_translators_ridge`); returns the loss per step."""
+    flat = [r.reshape(-1, r.shape[-1]) for r in resids]  # (N, d) each
+    n = flat[0].shape[0]
+    rows = None
+    if batch_tokens and batch_tokens < n:
+        def rows():
+            return torch.randperm(n, generator=generator)[:batch_tokens]
+    return _adam_kl(model, lens, flat, list(layers), steps, lr, rows)
+
+
+def _adam_kl(model, lens: TunedLens, resids: list[torch.Tensor], layers: list[int], steps: int, lr: float,
+             rows) -> list[float]:
+    """The training loop: ``rows()`` picks the step's minibatch along axis 0 (None: everything).
+    KL(p ‖ q) = Σ_v p_v (log p_v − log q_v), p the final distribution (a constant), in float32."""
     with torch.no_grad():
-        target = torch.log_softmax(unembed(model, resids[-1]).double(), -1)
-    opt = torch.optim.Adam(lens.parameters(), lr=lr)
+        target = torch.log_softmax(unembed(model, resids[-1]).float(), -1)  # (…, V)
+    params = [p for layer in layers for p in lens.translators[layer].parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
     losses = []
     with frozen(model), torch.enable_grad():
         for _ in range(steps):
-            rows = (torch.randperm(tokens.shape[0], generator=generator)[:batch_rows]
-                    if batch_rows else slice(None))
+            idx = rows() if rows is not None else slice(None)
+            logp = target[idx]
             loss = 0.0
-            for layer in range(L):
-                logq = torch.log_softmax(lens.logits(model, resids[layer][rows], layer).double(), -1)
-                logp = target[rows]
+            for layer in layers:
+                logq = torch.log_softmax(lens.logits(model, resids[layer][idx], layer).float(), -1)
                 loss = loss + (logp.exp() * (logp - logq)).sum(-1).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-    return lens, losses
+    return losses
+
+
+@torch.no_grad()
+def fit_translators_ridge(lens: TunedLens, resids: list[torch.Tensor], layers, ridge: float = 1e-3,
+                          perm: torch.Tensor | None = None) -> TunedLens:
+    """Closed-form stand-in (or initialisation) for the KL fit: ridge regression of the final residual
+    h_L on [h_l, 1] over all cached tokens, λ = ``ridge`` × mean diagonal of XᵀX; written into ``lens``
+    as A_l = M − I, b_l. ``perm`` shuffles the targets (a control: it can only learn the marginal)."""
+    y = resids[-1].reshape(-1, resids[-1].shape[-1]).double()  # (N, d)
+    if perm is not None:
+        y = y[perm]
+    eye = torch.eye(y.shape[-1], dtype=y.dtype)
+    for layer in layers:
+        x = resids[layer].reshape(-1, y.shape[-1]).double()
+        x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)  # (N, d + 1)
+        gram = x1.T @ x1
+        gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+        m = torch.linalg.solve(gram, x1.T @ y)  # (d + 1, d): h_L ≈ [h_l, 1] M
+        lens.translators[layer].weight.copy_((m[:-1].T - eye).float())
+        lens.translators[layer].bias.copy_(m[-1].float())
+    return lens
 
 
 @torch.no_grad()
