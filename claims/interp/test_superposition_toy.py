@@ -68,10 +68,13 @@ CLAIM = Claim(
         "fixtures/calibration/interp_superposition_toy.json, seeds 0–4: 5/5 passed, antipodal test 5/5 xfailed; "
         "dense 5–6 features, 1.003–1.006 features/dim, min cos ≥ −0.10; 1−S=0.1: 12–13 features, 2.66–2.89/dim; "
         "ρ = −1 on every seed; min cos at 1−S=0.03 −0.80…−0.65 (never antipodal). Fresh seeds 100–104 "
-        "(lab calibrate interp_superposition_toy --seeds 5 --start 100 --out /tmp/interp-fresh2): 5/5 passed, 5/5 "
-        "xfailed; dense exactly 5 features, 1−S=0.1 12–13 features, 1−S=0.03 min cos −0.75…−0.65."
+        "(fixtures/calibration/interp_superposition_toy.fresh.json): 5/5 passed, 5/5 xfailed; dense exactly 5 "
+        "features (1.003–1.007/dim), 1−S=0.1 12–13 features (2.66–2.85/dim), 1−S=0.03 min cos −0.75…−0.65. "
+        "Broken variant (the same run with the ReLU removed — the paper's linear model, seed 0): 5 features at "
+        "every density, 1.00/dim, so the sparse assertion fails — the test can fail."
     ),
     tier="quick",
+    status="confirmed",
     calibration="fixtures/calibration/interp_superposition_toy.json",
 )
 

@@ -18,6 +18,12 @@ current token. On repeated random tokens ``[x, x]`` of half length n (no repeats
 only induction target of query n + i is i + 1 and the only duplicate target is i.
 :func:`repeated_random_tokens` builds that input; :func:`head_scores` runs a model and returns
 all four scores as (layer, head) tables.
+
+A score needs a yardstick. :func:`positional_ceiling` is the highest score that *any* attention
+pattern depending only on the query and key positions (not on the tokens) reaches on a given
+batch — what a head can get without reading which token preceded a key. On ``[x, x]`` with one
+fixed half length it is 1 (a head attending to q − n + 1 by position scores perfectly: the
+fixed-lag pitfall); when the repeat offset varies across rows it falls towards 1 / #offsets.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ __all__ = [
     "duplicate_token_score",
     "head_scores",
     "induction_score",
+    "positional_ceiling",
     "previous_token_score",
     "repeated_random_tokens",
     "target_masks",
@@ -92,6 +99,22 @@ def duplicate_token_score(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.
 def induction_score(pattern: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Mean attention on the tokens that followed earlier copies of the current token: (H,)."""
     return _masked_score(pattern, target_masks(tokens)["induction"])
+
+
+def positional_ceiling(targets: torch.Tensor) -> float:
+    """Max over position-only patterns a(q, k) of the score with these target masks (B, T_q, T_k).
+
+    The score is linear in the pattern: Σ_q Σ_k a(q, k) · c(q, k) / N with c(q, k) the number of
+    rows whose query q has target k and N the number of (row, query) pairs counted. Each row of a
+    is a distribution over keys, so the maximum puts all of query q's mass on argmax_k c(q, k):
+    ceiling = Σ_q max_k c(q, k) / N (e.g. ``target_masks(tokens)["induction"]``).
+    """
+    targets = targets if targets.dim() == 3 else targets[None]
+    n = targets.any(-1).sum()
+    if n == 0:
+        raise ValueError("positional_ceiling: no query has a target in this batch; use tokens with repeats")
+    c = targets.to(torch.float64).sum(0)  # (T_q, T_k): rows whose query q has target k
+    return float(c.max(-1).values.sum() / n)
 
 
 def repeated_random_tokens(batch: int, half: int, vocab: int, generator: torch.Generator,
