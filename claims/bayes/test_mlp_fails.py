@@ -6,21 +6,27 @@ magnitude". Two different networks hide behind "MLP" (labcore.glassbox.baselines
 * the **per-position MLP** (the authors' ``MLPControl``: residual MLP blocks applied to each token
   on its own, with position embeddings). It cannot see the context, so it converges to the
   context-free marginal and sits *exactly* at the analytic plateau (0.901 bits at V=10,
-  bayes_mlp_plateau). It fails for a structural reason, within a few dozen steps.
+  bayes_mlp_plateau). It fails for a structural reason, within a few dozen steps. Its "≥ 10×"
+  is therefore not evidence about MLPs: it *follows* from bayes_calibration (transformer MAE
+  ≤ 0.06 bits) and the plateau (0.901 / 0.06 = 15×). It stays here as the control arm — the
+  baseline that must come out large — and as a check that training reaches the plateau.
 * a **flattened-context MLP**: position t sees the whole prefix, concatenated into one vector
-  (exactly causal, no attention, no weight sharing across slots). It can represent the posterior.
+  (exactly causal, no attention, no weight sharing across slots). It can represent the posterior,
+  so it is the *informative* baseline: the one the paper's sentence is really about.
 
 Both are matched to the shared transformer's 150k parameters (``match_param_count``) and
 trained with its recipe (AdamW 3e-3, warmup + cosine, batch 128) — the per-position MLP for 150
 steps (it is on its plateau after ~30), the flattened MLP for 400 steps (fewer than the
 transformer's 1,000, which can only favour the claim).
 
-What we found (5 seeds): the per-position MLP sits on its plateau (0.9003–0.9005 bits) and is
-32–34× worse than the transformer, as claimed. The flattened MLP, at V=10, *learns the task*:
-0.044–0.057 bits after 400 steps (0.025 after 600 in a side run), within 2× of the transformer. The paper's separation does not hold for that
-baseline at this size; it is recorded as a strict xfail with the numbers. (A community
-replication reports 0.46 bits for a flattened MLP at V=20, so the separation may appear at the
-paper's size — a GPU-tier question; see docs/papers/bayesian-geometry.md.)
+Asserted: (1) the per-position MLP sits on its plateau and ≥ 10× the transformer (the control);
+(2) the flattened MLP *learns from the context*: its MAE is ≤ 1/10 of the context-blind plateau
+— without this, a failure of the flattened MLP could just mean it was broken or under-trained;
+(3) the paper's separation for the flattened MLP, ratio ≥ 10 — a strict xfail: at V=10 it does
+not hold (numbers in the calibration table, fixtures/calibration/bayes_mlp_fails*.json, and in
+the xfail reason). The V=20 question, with trained flattened, deep flattened MLPs and an LSTM, is
+the GPU claim bayes_full_separation. (A community replication reports 0.46 bits for a flattened
+MLP at V=20; see docs/papers/bayesian-geometry.md.)
 """
 
 import matplotlib.pyplot as plt
@@ -43,23 +49,32 @@ CLAIM = Claim(
         "separation.” (abstract)"
     ),
     source=Source(title="The Bayesian Geometry of Transformer Attention", arxiv="2512.22471", version="v1",
-                  where="abstract; Table 1 (MLP ≈ 1.85 bits vs transformer 3×10⁻³ at V=20)"),
+                  where="abstract; the V=20 numbers (MLP ≈ 1.85 bits vs transformer 3×10⁻³) are v1's Table 1 as "
+                        "reported by secondary notes (not read from the paper directly); the v3 table and the "
+                        "authors' README also give 1.85"),
     paper_value="MLP ≈ 1.85 bits vs transformer 0.003 bits (~600×), V=20; jlens MLP plateau 1.107 bits",
     prediction="Per-position MLP (150k params): MAE within ±0.03 of the 0.901-bit plateau and ≥ 10× the "
-               "transformer's. Flattened-context MLP (150k params): expected to learn the task at V=10.",
+               "transformer's (implied by bayes_calibration). Flattened-context MLP (150k params): expected to "
+               "learn the task at V=10, so the paper's ≥ 10× separation fails for it.",
     metric="per-sample entropy MAE on the shared 1,024-sequence evaluation batch; ratio MLP / transformer",
-    tolerance="per-position: |MAE − 0.901| ≤ 0.03 and ratio ≥ 10; flattened: ratio ≥ 10 (strict xfail)",
+    tolerance="per-position: |MAE − 0.901| ≤ 0.03 and ratio ≥ 10; flattened: MAE ≤ plateau / 10, and "
+              "ratio ≥ 10 (strict xfail)",
     tolerance_why=(
         "±0.03 is the research note's BWT-2 band (calibrated 1.101 vs 1.107 at V=20); 10× is its CPU "
-        "ratio. Measured over seeds 0–4 (min/median/max): per-position MAE 0.9003/0.9004/0.9005 "
-        "(plateau 0.9007), ratio 31.7/33.5/33.7; flattened MAE 0.044/0.048/0.057, ratio 1.6/1.7/2.1 — "
-        "the separation fails for the flattened MLP in every seed (strict xfail)."
+        "ratio — for the per-position MLP it is implied by bayes_calibration (0.901 / 0.06 = 15×), so that test "
+        "is the control arm, not evidence. Seeds 0–4 (min/median/max): per-position MAE 0.9003/0.9004/0.9005 "
+        "(plateau 0.9007), ratio 31.7/33.5/33.7; flattened MAE 0.044/0.048/0.057, ratio 1.6/1.7/2.1 — the "
+        "separation fails for the flattened MLP in every seed (strict xfail); context gain (plateau / flattened "
+        "MAE) 15.8/18.6/20.6 — its ≥ 10 bound was set after seeing these numbers (an untrained flattened MLP "
+        "gives 1.1, the broken variant). Fresh seeds 100–104, all green: per-position ratio 31.8/33.2/34.1; "
+        "flattened MAE 0.043/0.047/0.052, ratio 1.5/1.8/1.9 (5/5 strict xfail); context gain 17.4/19.0/20.8."
     ),
     tier="quick",
     calibration="fixtures/calibration/bayes_mlp_fails.json",
+    status="confirmed",
 )
 
-PLATEAU_BAND, RATIO_MIN = 0.03, 10.0
+PLATEAU_BAND, RATIO_MIN, CONTEXT_GAIN_MIN = 0.03, 10.0, 10.0
 PER_POSITION_STEPS, FLATTENED_STEPS = 150, 400
 
 
@@ -112,6 +127,19 @@ def test_per_position_mlp_sits_at_plateau(lab, bijection_run, baselines):
     assert abs(rep.entropy_mae_bits - plateau) <= PLATEAU_BAND, (
         f"per-position MLP MAE {rep.entropy_mae_bits:.4f} not within {PLATEAU_BAND} of the plateau {plateau:.4f}")
     assert ratio >= RATIO_MIN, f"MLP/transformer MAE ratio {ratio:.1f} < {RATIO_MIN}"
+
+
+def test_flattened_mlp_learns_from_context(lab, bijection_run, baselines):
+    """The control for the xfail below: the informative baseline is not broken — it beats the context-blind
+    plateau by ≥ 10×, so its small ratio to the transformer is a real result, not a failed training run."""
+    run = bijection_run
+    _, rep, result = baselines["flattened"]
+    plateau = mlp_plateau_mae_bits(run.task.V, run.task.L)
+    gain = plateau / rep.entropy_mae_bits
+    lab.record(flat_mae=rep.entropy_mae_bits, plateau=plateau, context_gain=gain,
+               flat_final_loss=float(result.metrics["loss"][-20:].mean()))
+    assert gain >= CONTEXT_GAIN_MIN, (
+        f"flattened MLP MAE {rep.entropy_mae_bits:.4f} is only {gain:.1f}× below the context-blind plateau {plateau:.4f}")
 
 
 @pytest.mark.xfail(strict=True, reason=(
