@@ -89,12 +89,14 @@ CLAIM = Claim(
         "phase change (ICS half) at steps 600–1,450, 83–93 % of the ICS fall within 500 steps, final ICS −3.87…−2.99, "
         "score 0.77–0.87, ablated ICS +0.09…+0.34; 2-layer loss 0.35–0.57 nats below the position-only copier; "
         "1-layer score 0.09–0.10 vs ceilings 0.20–0.23, 1-layer loss 0.50–0.53 nats above the copier. Fresh seeds "
-        "100–104 (.fresh.json): 5/5 passed; gap 0–25, ICS half at 750–1,775 (seed 101, the late one), 78–97 % within "
+        "100–104 (first confirmation run): 5/5 passed; gap 0–25, ICS half at 750–1,775 (seed 101, the late one), 78–97 % within "
         "500 steps, score 0.74–0.86, 2-layer loss 0.26–0.54 below the copier; 1-layer score 0.09–0.12 vs ceilings "
         "0.20–0.26, loss ≥ 0.40 above it (1-layer ICS down to −0.88: the old |ICS| < 0.5 bound would have failed). "
         "Caveat: seeds 100–104 are not virgin — the previous version failed on 101/104, and the 500-step 'sudden' "
         "window (papers.md §5.1's 'half the drop within a fifth of the steps') was picked after seeing seed 101's "
-        "two-stage curve (a −0.7 positional plateau, then the jump at step ~1,800) in a pre-run."
+        "two-stage curve (a −0.7 positional plateau, then the jump at step ~1,800) in a pre-run. So the "
+        "confirmation was rerun on untouched seeds 200–204: 5/5 passed; .fresh.json now holds that run (the "
+        "100–104 numbers above are from the run it replaced)."
     ),
     tier="quick",
     status="confirmed",

@@ -74,13 +74,18 @@ CLAIM = Claim(
     tolerance="G ≥ 0.03 (control: quantisation must hurt); R(QLoRA) ≥ 0.8; control: R(no adapters) < 0.8; "
               "fine-tuning drop ≥ 0.3 nats in both arms",
     tolerance_why=(
-        "Not calibrated: the redesigned claim has not run in .venv-unsloth yet (the old table, 2026-11-30, "
-        "records 5/5 skipped). Bounds carried over from qlora_matches_lora_small (G ≥ 0.03, R ≥ 0.8, set "
-        "there before its sweep and confirmed on fresh seeds) — to be calibrated with "
-        "`.venv-unsloth/bin/lab calibrate qlora_unsloth_matches_lora --seeds 5` (then --start 100)."
+        "Bounds carried over from qlora_matches_lora_small (G ≥ 0.03, R ≥ 0.8, set there before its sweep) and "
+        "not moved. Calibrated in .venv-unsloth (unsloth 2026.10.9 on the 2-core CPU): seeds 0–4 "
+        "(fixtures/calibration/qlora_unsloth_matches_lora.json) 4/5 passed — seed 3 recovered only 0.75 of the "
+        "gap; fresh seeds 100–104 (.fresh.json) 5/5 passed. Gap G 0.11–0.34 nats/char (≥ 0.03 on every seed); "
+        "recovery median 0.94, range 0.75–1.38 over seeds 0–4; no-adapter recovery −16 to −4.8 (the control "
+        "fails the bound on every seed, as it must). 9 of 10 seeds is below the lab's 95 % flakiness target, "
+        "so the claim stays exploratory: QLoRA's residual (−0.04 to +0.06 nats/char over 16 eval windows) is "
+        "noisy against a gap this size. Hypothesis: more eval windows or a larger outlier scale would make R "
+        "resolvable; not tried, since choosing them after this sweep would be tuning to pass."
     ),
     tier="quick",
-    calibration=None,
+    calibration="fixtures/calibration/qlora_unsloth_matches_lora.json",
 )
 
 SEQ, PRE_STEPS, STEPS, BATCH, LR, RANK, ALPHA, N_EVAL = 64, 200, 40, 8, 3e-3, 8, 16, 16
