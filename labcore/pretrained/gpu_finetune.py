@@ -7,6 +7,7 @@ for both, so their figures can be compared line by line.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -124,6 +125,43 @@ def qlora_and_bf16_lora(load, adapt, **train) -> tuple[tuple[FinetuneMeasurement
     base = load_then_finetune(lambda: load(False), lambda model: adapt(model, False), **train)
     emptied()
     return qlora, base
+
+
+#: The GPU QLoRA claims' bounds (claims/qlora/test_full_local_qlora.py, claims/lora/test_full_unsloth.py).
+PEAK_OVER_BF16_WEIGHTS = 0.6   # 4-bit peak ≤ this × the model's bf16 weight bytes
+PEAK_OVER_BF16_LORA = 0.5      # 4-bit peak ≤ this × the measured 16-bit LoRA peak
+MIN_LOSS_DROP = 0.1            # nats, mean of the first 5 steps → mean of the last 5
+
+
+def four_bit_failures(run: FinetuneMeasurement, label: str) -> list[str]:
+    """The 4-bit arm's checks (memory under the bf16 weights, the loss falls); one message per failure."""
+    failures = [] if math.isfinite(run.loss_last) else [f"{label}: final loss {run.loss_last}"]
+    if run.peak_bytes > PEAK_OVER_BF16_WEIGHTS * run.bf16_bytes:
+        failures.append(f"peak {run.peak_bytes / 1e9:.2f} GB is not ≤ {PEAK_OVER_BF16_WEIGHTS} × bf16 weights "
+                        f"{run.bf16_bytes / 1e9:.2f} GB")
+    if run.loss_last > run.loss_first - MIN_LOSS_DROP:
+        failures.append(f"{label}: loss went {run.loss_first:.3f} → {run.loss_last:.3f} over {len(run.losses)} steps")
+    return failures
+
+
+def bf16_comparison(run: FinetuneMeasurement, base: FinetuneMeasurement, loss_tol: float,
+                    label: str) -> tuple[dict, list[str]]:
+    """4-bit ``run`` against 16-bit LoRA ``base`` on the same batches: (values to record, one message
+    per failed check). The control that must come out large: the 16-bit run holds its bf16 weights."""
+    values = {"peak_over_lora_bf16": run.peak_bytes / base.peak_bytes,
+              "loss_last5_minus_lora_bf16": run.loss_last - base.loss_last}
+    failures = [] if math.isfinite(base.loss_last) else [f"16-bit LoRA: final loss {base.loss_last}"]
+    if base.peak_bytes < base.bf16_bytes:
+        failures.append(f"control: 16-bit LoRA peaked at {base.peak_bytes / 1e9:.2f} GB, below its own bf16 weights "
+                        f"{base.bf16_bytes / 1e9:.2f} GB: the baseline did not hold the model in 16 bits")
+    if run.peak_bytes > PEAK_OVER_BF16_LORA * base.peak_bytes:
+        failures.append(f"{label} peak {run.peak_bytes / 1e9:.2f} GB vs 16-bit LoRA {base.peak_bytes / 1e9:.2f} GB")
+    if base.loss_last > base.loss_first - MIN_LOSS_DROP:
+        failures.append(f"16-bit LoRA: loss went {base.loss_first:.3f} → {base.loss_last:.3f}")
+    if run.loss_last - base.loss_last > loss_tol:
+        failures.append(f"{label} ends {run.loss_last - base.loss_last:+.3f} nats from 16-bit LoRA on the same "
+                        f"batches (> {loss_tol}): {run.loss_last:.3f} vs {base.loss_last:.3f}")
+    return values, failures
 
 
 def plot_loss(measurement: FinetuneMeasurement, title: str):
