@@ -18,15 +18,15 @@ start=$(date +%s)
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
 echo "== 1/3 unit tests on CUDA"
-timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/test_samplers_torch.py tests/test_fast_path.py \
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/test_samplers_torch.py tests/test_fast_path.py \
     -k "cuda or sdpa or bf16" >"$OUT/unit.txt" 2>&1; unit=$?
 tail -n 3 "$OUT/unit.txt"
 
 echo "== 2/3 speed (benchmarks/gpu_speed.py)"
-timeout 170 "$PY" benchmarks/gpu_speed.py --out "$OUT/speed.json" --steps 2000 2>&1 | tee "$OUT/speed.txt"; speed=${PIPESTATUS[0]}
+timeout 150 "$PY" benchmarks/gpu_speed.py --out "$OUT/speed.json" --steps 2000 2>&1 | tee "$OUT/speed.txt"; speed=${PIPESTATUS[0]}
 
 echo "== 3/3 GPU tier: pytest -m full"
-timeout 330 "$PY" -m pytest -m full -q -p no:cacheprovider --lab-results "$OUT/results" claims \
+timeout 300 "$PY" -m pytest -m full -q -p no:cacheprovider --lab-results "$OUT/results" claims \
     >"$OUT/full.txt" 2>&1; full=$?
 tail -n 5 "$OUT/full.txt"
 

@@ -80,7 +80,8 @@ def test_bf16_autocast_trains_on_cpu():
     assert abs(r1.metrics["loss"][-5:].mean() - r0.metrics["loss"][-5:].mean()) < 0.2
 
 
-@pytest.mark.parametrize("bad", [dict(sync_every=0), dict(stats_every=0), dict(precision="fp16")])
+@pytest.mark.parametrize("bad", [dict(sync_every=0), dict(stats_every=0), dict(precision="fp16"),
+                                 dict(compile="cuda-graphs")])
 def test_fast_path_options_are_checked(bad):
     with pytest.raises(ValueError):
         TrainConfig(steps=1, **bad)
@@ -89,6 +90,7 @@ def test_fast_path_options_are_checked(bad):
 def test_default_config_is_not_the_fast_path():
     assert not TrainConfig(steps=1).fast_path
     assert TrainConfig(steps=1, sync_every=10).fast_path and TrainConfig(steps=1, precision="bf16").fast_path
+    assert TrainConfig(steps=1, compile="reduce-overhead").fast_path
 
 
 # --- attention: SDPA when nobody looks -------------------------------------------------------------

@@ -49,7 +49,7 @@ class TrainConfig:
     # --- the fast path (labcore.training.fast); any non-default value below switches to it ---
     sync_every: int | None = None  # read the metrics back from the device every N steps (None: every step, today's loop)
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"  # tf32 matmuls / bf16 autocast of the loss (evals stay fp32)
-    compile: bool = False  # torch.compile the model for the training forward/backward
+    compile: bool | str = False  # torch.compile the training forward/backward; a str is its mode: "reduce-overhead" adds CUDA graphs
     stats_every: int = 1  # Adam moment statistics every N steps (NaN in between)
     fused: bool | None = None  # fused AdamW; default: on CUDA in the fast path
 
@@ -74,10 +74,18 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.optimizer={self.optimizer!r}: use adamw or sgd")
         if self.precision not in ("fp32", "tf32", "bf16"):
             raise ValueError(f"TrainConfig.precision={self.precision!r}: use fp32, tf32 or bf16")
+        if isinstance(self.compile, str) and self.compile not in COMPILE_MODES:
+            raise ValueError(f"TrainConfig.compile={self.compile!r}: use True/False or a torch.compile mode, "
+                             f"one of {', '.join(COMPILE_MODES)}")
         for name in ("sync_every", "stats_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"TrainConfig.{name}={value!r}: must be a positive integer")
+
+
+#: torch.compile modes TrainConfig.compile accepts; "reduce-overhead" records CUDA graphs of the
+#: compiled forward/backward (static shapes: every batch the same size), replayed each step.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
