@@ -129,6 +129,15 @@ def test_needs_text_for_every_gpu_claim_is_short_and_says_memory_and_time() -> N
         assert "GB" in text and "RTX 5060 Ti" in text and len(GPU_SKIP_REASON + text) < 250
 
 
+def test_needs_of_a_qlora_claim_covers_its_16_bit_arm_by_the_claims_own_rule() -> None:
+    from labcore.pretrained import gpu_finetune
+
+    assert hw.BF16_LORA_HEADROOM == gpu_finetune.BF16_LORA_HEADROOM
+    text = hw.needs("qlora_full_local_checkpoint")  # Llama-2-7B: bf16 weights 13.5 GB × 1.25 > 16 GB
+    assert "QLoRA" in text and "16-bit LoRA arm" in text and "skips" in text
+    assert "16-bit" not in hw.needs("bayes_full_bijection")
+
+
 def test_gpu_skip_message_carries_the_claims_needs_and_records_peak_memory(
         pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     import labcore.notebook.plugin as plugin

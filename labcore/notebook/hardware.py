@@ -163,6 +163,14 @@ CLAIM_EXPERIMENTS: dict[str, Experiment] = {
     "qlora_full_local_checkpoint": Experiment("QLoRA Llama-2-7B, 4×256, 50 steps", LLAMA_2_7B, "qlora", 4, 256, 50),
     "qlora_full_unsloth": Experiment("QLoRA Llama-2-7B (unsloth), 4×256, 50 steps", LLAMA_2_7B, "qlora", 4, 256, 50),
 }
+#: labcore.pretrained.gpu_finetune runs the 16-bit arm only where this × its bf16 weights fit the card
+#: (mirrored here because the notebook never imports torch; tests/test_hardware.py keeps them equal).
+BF16_LORA_HEADROOM = 1.25
+#: The 16-bit LoRA arm a GPU QLoRA claim compares with (its own test, which skips where it cannot fit).
+BASELINE_ARMS: dict[str, Experiment] = {
+    claim: Experiment(exp.name.replace("QLoRA", "LoRA bf16"), exp.model, "lora16", exp.batch, exp.seq, exp.steps)
+    for claim, exp in CLAIM_EXPERIMENTS.items() if exp.method == "qlora"
+}
 
 
 # --- memory --------------------------------------------------------------------------------------
@@ -246,13 +254,19 @@ def human_time(seconds: float) -> str:
 
 
 def needs(claim_id: str) -> str:
-    """The ``Claim(needs=...)`` text of a GPU claim: estimated memory and time on your card."""
+    """The ``Claim(needs=...)`` text of a GPU claim: estimated memory and time on your card; for a
+    QLoRA claim also its 16-bit LoRA arm, and whether that arm runs there."""
     exp = CLAIM_EXPERIMENTS[claim_id]
     mem = memory_bytes(exp)["total"] / GB
     bound = step_seconds(exp, YOURS)[1]
-    extra = " + checkpoint loading" if exp.method in ("qlora", "lora16") else ""
-    return (f"est. ~{mem:.1f} GB GPU memory, ~{human_time(run_seconds(exp, YOURS))}{extra} on an "
-            f"{YOURS.name} ({bound}-bound; see lab hardware)")
+    extra = " + loading" if exp.method in ("qlora", "lora16") else ""
+    text = f"~{mem:.1f} GB GPU memory, ~{human_time(run_seconds(exp, YOURS))}{extra} on an {YOURS.name} ({bound}-bound"
+    arm = BASELINE_ARMS.get(claim_id)
+    if arm is None:
+        return f"est. {text}; see lab hardware)"
+    runs = BF16_LORA_HEADROOM * weight_bytes(arm.model, "bf16") <= YOURS.memory_gb * GB  # the claim's own rule
+    verdict = f"~{human_time(run_seconds(arm, YOURS))}" if runs else f"{BF16_LORA_HEADROOM}× bf16 weights > card: skips"
+    return f"est. QLoRA {text}); 16-bit LoRA arm ~{memory_bytes(arm)['total'] / GB:.1f} GB ({verdict})"
 
 
 # --- the report ----------------------------------------------------------------------------------
