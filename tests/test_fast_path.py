@@ -159,3 +159,34 @@ def json_cfg(model):
     import json
 
     return json.loads(model.cfg.to_json())
+
+
+# --- on CUDA the default config runs the fast path; CUDA runs are made deterministic -------------
+
+
+def test_on_cuda_a_default_config_runs_the_fast_path_and_on_cpu_nothing_changes(monkeypatch):
+    from labcore.training.trainer import CUDA_SYNC_EVERY, on_device
+
+    cfg = TrainConfig(steps=5)
+    monkeypatch.delenv("LAB_CUDA_DEFAULT_LOOP", raising=False)
+    assert on_device(cfg, torch.device("cpu")) is cfg
+    cuda = on_device(cfg, torch.device("cuda"))
+    assert cuda.fast_path and cuda.sync_every == CUDA_SYNC_EVERY and cuda.precision == "fp32" and not cuda.compile
+    chosen = TrainConfig(steps=5, sync_every=7)
+    assert on_device(chosen, torch.device("cuda")) is chosen  # an explicit choice is kept
+    monkeypatch.setenv("LAB_CUDA_DEFAULT_LOOP", "1")
+    assert on_device(cfg, torch.device("cuda")) is cfg
+
+
+def test_deterministic_cuda_sets_cublas_workspace_and_deterministic_kernels():
+    import subprocess
+    import sys
+
+    code = ("import os, torch\n"
+            "from labcore.training.reproducible import deterministic_cuda\n"
+            "os.environ.pop('CUBLAS_WORKSPACE_CONFIG', None)\n"
+            "deterministic_cuda()\n"
+            "print(os.environ['CUBLAS_WORKSPACE_CONFIG'], torch.are_deterministic_algorithms_enabled(),\n"
+            "      torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [":4096:8", "True", "False", "True"]

@@ -93,10 +93,16 @@ def claim_of(node: pytest.Item) -> Claim | None:
 
 @functools.cache
 def default_device() -> "torch.device":
-    """CUDA if this machine has it, else CPU (imports torch on first use only)."""
+    """CUDA if this machine has it, else CPU (imports torch on first use only). On CUDA the
+    process is made deterministic first (labcore.training.reproducible): same seed, same bits."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    from labcore.training.reproducible import deterministic_cuda
+
+    deterministic_cuda()
+    return torch.device("cuda")
 
 
 # --- the lab fixture ----------------------------------------------------------------------------

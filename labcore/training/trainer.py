@@ -9,6 +9,7 @@ the run with `diverged_at_step` set instead of a crash.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -213,6 +214,20 @@ class _Progress:
             sys.stderr.flush()
 
 
+#: On a CUDA device the default loop's host syncs every step (``float(loss)``, ``float(grad norm)``)
+#: cost more than a small model's whole step, so there a config that chose no fast-path option runs
+#: the fast path in fp32, reading the metrics back every CUDA_SYNC_EVERY steps (the same updates;
+#: fused AdamW). Set LAB_CUDA_DEFAULT_LOOP=1 to keep the per-step loop on CUDA as well.
+CUDA_SYNC_EVERY = 100
+
+
+def on_device(cfg: TrainConfig, device: torch.device) -> TrainConfig:
+    """The config ``train`` runs on ``device``: ``cfg`` itself, except on CUDA (see CUDA_SYNC_EVERY)."""
+    if device.type != "cuda" or cfg.fast_path or os.environ.get("LAB_CUDA_DEFAULT_LOOP", "0") not in ("", "0"):
+        return cfg
+    return dataclasses.replace(cfg, sync_every=CUDA_SYNC_EVERY)
+
+
 def train(
     model: nn.Module,
     batch_fn: Callable[[int, torch.Generator], Any],
@@ -222,12 +237,14 @@ def train(
 ) -> TrainResult:
     """Train `model` in place for `cfg.steps` steps on batches from `batch_fn(step, generator)`.
 
-    A fast-path option (`cfg.fast_path`) or a torch.distributed job runs labcore.training.fast."""
+    A fast-path option (`cfg.fast_path`), a CUDA device (`on_device`) or a torch.distributed job
+    runs labcore.training.fast."""
+    device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
+    cfg = on_device(cfg, device)
     if cfg.fast_path or distributed.setup_from_env():
         from labcore.training.fast import train_fast  # imports this module
 
         return train_fast(model, batch_fn, cfg, loss_fn, callbacks)
-    device = torch.device(cfg.device) if cfg.device else next(model.parameters()).device
     model.to(device).train()
     generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
     opt = _make_optimizer(model, cfg)
