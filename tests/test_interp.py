@@ -6,10 +6,10 @@ seconds on repeated random sequences for the tuned-lens test.
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
+from interp_helpers import trained_on_repeats
 
 from labcore import GPT, GPTConfig
 from labcore.interp import attribution, diffing, heads, lenses, patching, probing
@@ -192,18 +192,7 @@ def test_dla_through_hooked_hf_equals_the_glass_box():
 @pytest.fixture(scope="module")
 def trained():
     """A 2-layer model trained briefly on repeated random sequences (induction-style data)."""
-    model = make(3, init_std=0.02)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = gen(7)
-    model.train()
-    for _ in range(150):
-        x = heads.repeated_random_tokens(32, 8, V, g)
-        loss = torch.nn.functional.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return model.eval()
+    return trained_on_repeats(make(3, init_std=0.02), V)
 
 
 def test_logit_lens_kl_matches_brute_force(model, pair):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from interp_helpers import trained_on_repeats
 
 from labcore import GPT, GPTConfig
 from labcore.interp import heads, lenses, tracing
@@ -79,18 +80,7 @@ def test_causal_trace_axes_with_several_noise_samples():
 @pytest.fixture(scope="module")
 def trained():
     """A 3-layer model trained briefly on repeated random sequences (induction-style data)."""
-    model = make(3, init_std=0.02)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(7)
-    model.train()
-    for _ in range(150):
-        x = heads.repeated_random_tokens(32, 8, V, g)
-        loss = torch.nn.functional.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return model.eval()
+    return trained_on_repeats(make(3, init_std=0.02), V)
 
 
 def _held_out_kl(model, lens, tokens, layers):
