@@ -110,6 +110,17 @@ def test_save_attention_refuses_a_wrong_shape_or_name(isolated_results: Path) ->
         lab.save_attention(["a"], [[[[1.0]]]], "../x")
 
 
+def test_save_attention_labels_a_subset_of_layers_and_heads(isolated_results: Path) -> None:
+    lab = LabRecorder(None, 0, isolated_results, Path("t.py"))
+    path = lab.save_attention(["a", "b", "c", "d"], causal_pattern(2, 3, 4, 1.0), "subset", layers=[1, 14],
+                              heads=["h0", "h5", "h7"])
+    (loaded,) = load_snapshots([path])
+    assert loaded["layers"] == ["1", "14"] and loaded["heads"] == ["h0", "h5", "h7"]
+    assert "layers" not in load_snapshots([lab.save_attention(["a"], [[[[1.0]]]], "plain")])[0]
+    with pytest.raises(ValueError, match=r"layers= has 3 labels for 2 layers .* give one label per layer"):
+        lab.save_attention(["a", "b", "c", "d"], causal_pattern(2, 3, 4, 1.0), "bad", layers=[1, 2, 3])
+
+
 def test_the_viewer_shows_inline_without_ipython_too() -> None:
     fragment = attention_html([snapshot(["a", "b"], [[[[1, 0], [0.5, 0.5]]]], "after")], "demo")
     assert "attn-viewer" in fragment and "window.labAttentionSetup" in fragment

@@ -181,14 +181,16 @@ class LabRecorder:
             self.plots.append(relative)
         return path
 
-    def save_attention(self, tokens: list[str], pattern: Any, name: str) -> Path:
+    def save_attention(self, tokens: list[str], pattern: Any, name: str, layers: list | None = None,
+                       heads: list | None = None) -> Path:
         """Save an attention pattern (layers, heads, T, T) — nested list, numpy array or torch
         tensor — with its T tokens as ``<results_dir>/attention_<name>.json``, list it in the
         record (``attention``) for the report's viewer, and return the path. Two names on one
-        claim (e.g. ``before`` / ``after``) are compared side by side."""
+        claim (e.g. ``before`` / ``after``) are compared side by side. ``layers=`` / ``heads=``
+        label a subset (``layers=[1, 14, 22]``) so the viewer shows the model's own indices."""
         from labcore.notebook.viewer import write_snapshot
 
-        path = write_snapshot(self.results_dir, tokens, pattern, name)
+        path = write_snapshot(self.results_dir, tokens, pattern, name, layers, heads)
         relative = path.relative_to(self.results_root).as_posix()
         if relative not in self.attention:
             self.attention.append(relative)

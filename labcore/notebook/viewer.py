@@ -67,8 +67,9 @@ VIEWER_JS = r"""
     var st = {layer: 0, head: 0, query: snaps[0].tokens.length - 1, left: 0, right: snaps.length > 1 ? 1 : -1};
     var box = root.querySelector(".attn-controls"), panels = root.querySelector(".attn-panels");
     var layer = control(box, "layer"), head = control(box, "head");
-    options(layer, range(shape[0], "layer"), 0);
-    options(head, range(shape[1], "head"), 0);
+    function named(word, labels, n) { return labels ? labels.map(function (x) { return word + " " + x; }) : range(n, word); }
+    options(layer, named("layer", snaps[0].layers, shape[0]), 0);
+    options(head, named("head", snaps[0].heads, shape[1]), 0);
     var left = null, right = null, names = snaps.map(function (s) { return s.name; });
     if (snaps.length > 1) {
       left = control(box, "left"); right = control(box, "right");
@@ -111,7 +112,8 @@ VIEWER_JS = r"""
           span.title = "attention " + row[k].toFixed(3);
           span.classList.toggle("attn-query", k === q);
         });
-        p.caption.textContent = "layer " + l + " \u00b7 head " + h + " \u00b7 query #" + q + " " +
+        var ln = s.layers ? s.layers[l] : l, hn = s.heads ? s.heads[h] : h;
+        p.caption.textContent = "layer " + ln + " \u00b7 head " + hn + " \u00b7 query #" + q + " " +
           JSON.stringify(s.tokens[q]) + " \u00b7 max weight " + top.toFixed(3) + " \u00b7 colour: \u221aweight";
         var ctx = p.canvas.getContext("2d"), c = p.cell;
         for (var i = 0; i < T; i++) for (var j = 0; j < T; j++) {
@@ -172,20 +174,31 @@ def _nested_shape(value: Any) -> list[int]:
     return shape
 
 
-def snapshot(tokens: Sequence[object], pattern: Any, name: str) -> dict[str, Any]:
-    """The JSON-ready snapshot the viewer reads."""
+def snapshot(tokens: Sequence[object], pattern: Any, name: str, layers: Sequence[object] | None = None,
+             heads: Sequence[object] | None = None) -> dict[str, Any]:
+    """The JSON-ready snapshot the viewer reads. ``layers`` / ``heads`` name the pattern's layers
+    and heads when it holds a subset (e.g. ``layers=[1, 14, 22]``); default: 0, 1, 2, ..."""
     token_texts = [str(token) for token in tokens]
     shape, nested = pattern_to_lists(pattern, len(token_texts))
-    return {"name": name, "tokens": token_texts, "shape": shape, "pattern": nested}
+    data = {"name": name, "tokens": token_texts, "shape": shape, "pattern": nested}
+    for axis, (word, labels) in enumerate((("layers", layers), ("heads", heads))):
+        if labels is None:
+            continue
+        if len(labels) != shape[axis]:
+            raise ValueError(f"lab.save_attention: {word}= has {len(labels)} labels for {shape[axis]} {word} "
+                             f"in a pattern of shape {tuple(shape)}: give one label per {word[:-1]}")
+        data[word] = [str(label) for label in labels]
+    return data
 
 
-def write_snapshot(folder: Path, tokens: Sequence[object], pattern: Any, name: str) -> Path:
+def write_snapshot(folder: Path, tokens: Sequence[object], pattern: Any, name: str,
+                   layers: Sequence[object] | None = None, heads: Sequence[object] | None = None) -> Path:
     """Write ``<folder>/attention_<name>.json`` atomically and return its path."""
     from labcore.files import atomic_write_text
 
     if not name or not all(c.isalnum() or c in "-_" for c in name):
         raise ValueError(f"lab.save_attention: name {name!r} must be a plain name such as 'after' (letters, digits, - _)")
-    data = snapshot(tokens, pattern, name)
+    data = snapshot(tokens, pattern, name, layers, heads)
     return atomic_write_text(Path(folder) / f"attention_{name}.json", json.dumps(data, separators=(",", ":")))
 
 
@@ -199,7 +212,8 @@ def load_snapshots(paths: Iterable[Path | str]) -> list[dict[str, Any]]:
             continue
         if isinstance(data, dict) and {"tokens", "pattern", "shape"} <= set(data):
             snapshots.append({"name": str(data.get("name", Path(path).stem)), "tokens": data["tokens"],
-                              "shape": data["shape"], "pattern": data["pattern"]})
+                              "shape": data["shape"], "pattern": data["pattern"],
+                              **{k: data[k] for k in ("layers", "heads") if isinstance(data.get(k), list)}})
     return snapshots
 
 
