@@ -6,8 +6,8 @@ For the bijection (V=20, 6L/6H/d192, batch 256) and the HMM (9L/8H/d256, batch 6
 claims/bayes/test_full_*.py: steps/s through the default loop (CPU-sampled batches, as before) and
 through the fast path (SDPA, on-device batches, sync_every, bf16 / tf32, compile) and the same with
 CUDA graphs (compile mode "reduce-overhead"; a mode that fails is reported and skipped), achieved
-FLOP/s and MFU = achieved / peak (dense tensor-core peak of the GPU, PEAK below, for the
-precision used). Prints one line per run and writes them as JSON. Needs CUDA.
+FLOP/s and MFU = achieved / peak (dense tensor-core peak of the GPU, for the
+precision used, labcore.notebook.hardware.GPU_PEAKS). Prints one line per run and writes them as JSON. Needs CUDA.
 """
 
 from __future__ import annotations
@@ -25,31 +25,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from labcore import GPT, GPTConfig  # noqa: E402
 from labcore.glassbox.state_head import StateHeadGPT, hmm_state_loss  # noqa: E402
 from labcore.tasks import bijection, hmm  # noqa: E402
+from labcore.notebook.hardware import peak_flops  # noqa: E402
+from labcore.training.flops import train_flops_per_step  # noqa: E402
 from labcore.training.trainer import TrainConfig, next_token_loss, seeded_model, train  # noqa: E402
 
-# dense (no sparsity) tensor-core peaks in FLOP/s from the vendors' datasheets: (bf16, tf32).
-# SXM parts; PCIe/NVL boards clock lower. Add a row for a GPU that is missing (MFU is then NaN).
-PEAK = {
-    "H200": (989e12, 494e12), "H100": (989e12, 494e12), "A100": (312e12, 156e12),
-    "L40S": (362e12, 183e12), "L4": (121e12, 60e12), "RTX 4090": (165e12, 83e12),
-    "RTX 5090": (209e12, 105e12), "RTX 5080": (113e12, 56e12), "RTX 5070 Ti": (88e12, 44e12),
-    "RTX 5060 Ti": (47e12, 24e12),
-}
-
-
-def peak_flops(precision: str) -> float:
-    name = torch.cuda.get_device_name()
-    for key, (bf16, tf32) in PEAK.items():
-        if key.lower() in name.lower():
-            return bf16 if precision == "bf16" else tf32
-    return float("nan")
-
-
-def flops_per_step(model: torch.nn.Module, batch: int, seq: int) -> float:
-    """6·N·tokens for the weights (forward + backward) + 6·L·T²·d·B for causal attention."""
-    cfg = model.cfg
-    n = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "W_pos" not in name)
-    return 6.0 * n * batch * seq + 6.0 * cfg.n_layers * seq * seq * cfg.d_model * batch
+def peak(precision: str) -> float:
+    return peak_flops(torch.cuda.get_device_name(), precision)
 
 
 def setups():
@@ -89,13 +70,13 @@ def measure(name, factory, batch, seq, loss_fn, precision, cpu_batches, gpu_batc
             print(f"{name:9s} {label:7s} failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}", flush=True)
             continue
         sps = n / (time.perf_counter() - t0)
-        achieved = flops_per_step(model, batch, seq) * sps
+        achieved = train_flops_per_step(model, batch, seq) * sps
         prec = precision if fast else "fp32"
-        peak = peak_flops(prec)
+        top = peak(prec)
         rows.append(dict(model=name, path=label, precision=prec, steps=n, steps_per_second=sps,
-                         tflops=achieved / 1e12, mfu=achieved / peak, final_loss=float(res.metrics["loss"][-1])))
+                         tflops=achieved / 1e12, mfu=achieved / top, final_loss=float(res.metrics["loss"][-1])))
         print(f"{name:9s} {label:7s} {prec:4s} {sps:8.1f} steps/s  {achieved / 1e12:7.1f} TFLOP/s  "
-              f"MFU {achieved / peak:6.2%}  loss {rows[-1]['final_loss']:.4f}", flush=True)
+              f"MFU {achieved / top:6.2%}  loss {rows[-1]['final_loss']:.4f}", flush=True)
     return rows
 
 

@@ -180,3 +180,25 @@ def test_throughput_records_tokens_and_flops_per_second(tmp_path: Path) -> None:
     for bad in ({"tokens": 1, "seconds": 0.0}, {"tokens": -1, "seconds": 1.0}, {"tokens": 1, "seconds": 1.0, "flops": math.nan}):
         with pytest.raises(ValueError, match="lab.throughput"):
             lab.throughput(**bad)
+
+
+def test_on_a_gpu_throughput_also_records_mfu_against_the_cards_peak(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import labcore.notebook.recorder as recorder
+
+    monkeypatch.setattr(recorder, "_gpu_name", lambda: "NVIDIA H200")
+    lab = LabRecorder(None, 0, tmp_path, tmp_path / "test_x.py")
+    lab.throughput(tokens=1000, seconds=1.0, flops=98.9e12, precision="bf16")
+    assert lab.measured["mfu"] == pytest.approx(0.1) and lab.measured["gpu"] == "NVIDIA H200"
+    assert hw.peak_flops("NVIDIA GeForce RTX 5060 Ti", "tf32") == 24e12
+    assert math.isnan(hw.peak_flops("Some Future GPU"))
+
+
+def test_train_flops_per_step_is_6_n_tokens_plus_attention() -> None:
+    from labcore import GPT, GPTConfig
+    from labcore.training.flops import train_flops_per_step, weight_params
+
+    model = GPT(GPTConfig(vocab_size=10, n_ctx=8, d_model=16, n_layers=2, n_heads=2, positional="learned"))
+    n = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2) - 8 * 16  # minus W_pos
+    assert weight_params(model) == n
+    assert train_flops_per_step(model, 4, 8) == 6 * n * 32 + 6 * 2 * 64 * 16 * 4

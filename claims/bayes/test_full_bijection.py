@@ -30,6 +30,7 @@ from labcore.measures.posterior import evaluate_bijection, mlp_plateau_mae_bits
 from labcore.notebook.claims import Claim, Source
 from labcore.notebook.hardware import needs
 from labcore.tasks.bijection import BijectionTask, device_batches
+from labcore.training.flops import train_flops_per_step
 from labcore.training.trainer import Every, TrainConfig, seeded_model, train
 
 CLAIM = Claim(
@@ -95,6 +96,9 @@ def test_paper_configuration_reaches_paper_calibration(lab):
                steps_per_second=result.steps_per_second, train_seconds=result.seconds, fast_path=FAST,
                curve=[[s, v["mae"], v["kl"], v["eliminated_mass"]] for s, v in curve],
                device=str(lab.device))
+    # per-GPU throughput and MFU (flops of this rank's batch; peak from labcore.notebook.hardware)
+    lab.throughput(tokens=STEPS * RANK_BATCH * task.seq_len, seconds=result.seconds,
+                   flops=STEPS * train_flops_per_step(model, RANK_BATCH, task.seq_len), precision=FAST["precision"])
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
     t = np.arange(L)

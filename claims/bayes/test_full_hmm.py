@@ -48,6 +48,7 @@ from labcore.notebook.hardware import needs
 from labcore.glassbox.state_head import StateHeadGPT, hmm_state_loss
 from labcore.tasks.bijection import device_batches
 from labcore.tasks.hmm import HMMTask, batch_fn
+from labcore.training.flops import train_flops_per_step
 from labcore.training.trainer import TrainConfig, seeded_model, train
 
 CLAIM = Claim(
@@ -105,7 +106,8 @@ def train_and_evaluate(seed: int, device, steps: int = STEPS, config: GPTConfig 
         raise RuntimeError(f"training {run.message}")
     out = {"steps_per_second": run.steps_per_second, "train_seconds": run.seconds,
            "final_loss": float(np.mean(run.metrics["loss"][-50:])), "n_params": model.num_params(),
-           "loss_curve": run.metrics["loss"], "per_k": {}}
+           "loss_curve": run.metrics["loss"], "per_k": {}, "tokens": steps * BATCH * task.seq_len(),
+           "flops": steps * train_flops_per_step(model, BATCH, task.seq_len())}
     model.eval()
     for K in eval_ks:
         ev = task.sample(eval_size, torch.Generator().manual_seed(EVAL_SEED_BASE + 97 * K + seed), K=K)
@@ -121,6 +123,7 @@ def train_and_evaluate(seed: int, device, steps: int = STEPS, config: GPTConfig 
 
 def test_full_hmm_filtering(lab):
     res = train_and_evaluate(lab.seed, lab.device)
+    lab.throughput(tokens=res["tokens"], seconds=res["train_seconds"], flops=res["flops"], precision=FAST["precision"])
     per_k = res["per_k"]
     lab.record(
         steps=STEPS, batch=BATCH, n_params=res["n_params"], steps_per_second=res["steps_per_second"],

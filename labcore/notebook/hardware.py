@@ -46,6 +46,23 @@ LAUNCH_BOUND_STEPS_PER_S = 40.0
 # (PaLM, arXiv 2204.02311, §4.1); single-GPU fine-tuning at batch 4 does not beat that: 35 %.
 # QLoRA de-quantises every weight in each pass: assumed 0.7 × that, 25 % (no citation: measure it).
 MFU = {"full": 0.35, "lora16": 0.35, "qlora": 0.25, "wind_tunnel": 0.35}
+# Dense (no sparsity) tensor-core peaks in FLOP/s from the vendors' datasheets, (bf16, tf32), by a
+# part of the name torch.cuda.get_device_name() reports; SXM parts (PCIe/NVL boards clock lower).
+GPU_PEAKS = {
+    "H200": (989e12, 494e12), "H100": (989e12, 494e12), "A100": (312e12, 156e12),
+    "L40S": (362e12, 183e12), "L4": (121e12, 60e12), "RTX 4090": (165e12, 83e12),
+    "RTX 5090": (209e12, 105e12), "RTX 5080": (113e12, 56e12), "RTX 5070 Ti": (88e12, 44e12),
+    "RTX 5060 Ti": (47e12, 24e12), "RTX 3090": (71e12, 36e12),
+}
+
+
+def peak_flops(gpu_name: str, precision: str = "bf16") -> float:
+    """The GPU's dense peak for ``precision`` (bf16; anything else is counted at the TF32 peak),
+    NaN for a GPU missing from GPU_PEAKS (add its row)."""
+    for key, (bf16, tf32) in GPU_PEAKS.items():
+        if key.lower() in gpu_name.lower():
+            return bf16 if precision == "bf16" else tf32
+    return float("nan")
 
 
 @dataclass(frozen=True)

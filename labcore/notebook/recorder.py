@@ -152,10 +152,12 @@ class LabRecorder:
                     f"lab.record({key}=...): {error}; record a number, e.g. float(value)"
                 ) from None
 
-    def throughput(self, *, tokens: float, seconds: float, flops: float | None = None) -> dict[str, float]:
+    def throughput(self, *, tokens: float, seconds: float, flops: float | None = None,
+                   precision: str = "bf16") -> dict[str, float]:
         """Record ``tokens_per_s`` = tokens / seconds and, when the work in FLOPs is known (e.g.
-        6 · n_params · tokens for training), ``flops`` and achieved ``flops_per_s``; returns them.
-        ``lab hardware`` divides flops_per_s by a card's peak to get the efficiency (MFU)."""
+        labcore.training.flops.train_flops_per_step × steps), ``flops`` and achieved ``flops_per_s``;
+        on a GPU also ``mfu`` = flops_per_s / its peak for ``precision`` (hardware.peak_flops; NaN
+        for a GPU missing from the table); returns them. ``lab hardware`` compares cards with it."""
         if not (math.isfinite(seconds) and seconds > 0):
             raise ValueError(f"lab.throughput: seconds must be a positive time, not {seconds!r}")
         if not (math.isfinite(tokens) and tokens >= 0):
@@ -165,6 +167,12 @@ class LabRecorder:
             if not (math.isfinite(flops) and flops >= 0):
                 raise ValueError(f"lab.throughput: flops must be ≥ 0, not {flops!r}")
             values.update(flops=float(flops), flops_per_s=float(flops) / seconds)
+            gpu = _gpu_name()
+            if gpu:
+                from labcore.notebook.hardware import peak_flops
+
+                values["mfu"] = values["flops_per_s"] / peak_flops(gpu, precision)
+                self.record(gpu=gpu, mfu_precision=precision)
         self.record(**values)
         return values
 
@@ -306,6 +314,15 @@ def _item_outcome(phases: dict[str, PhaseResult]) -> tuple[str, str]:
             return "error", teardown.message
         message = f"{message}; teardown: {teardown.message}" if message else teardown.message
     return outcome, message
+
+
+def _gpu_name() -> str:
+    """The CUDA device's name when this process uses one, else ''."""
+    if not _device_name().startswith("cuda"):
+        return ""
+    import torch
+
+    return str(torch.cuda.get_device_name())
 
 
 def _device_name() -> str:
