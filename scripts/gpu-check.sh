@@ -49,6 +49,8 @@ for line in (hist.read_text().splitlines() if hist.exists() else []):
         continue
     m = rec.get("measured", {})
     keep = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    first = [k for k in ("mfu", "steps_per_second", "train_seconds") if k in keep]  # speed first
+    keep = {k: keep[k] for k in first + [k for k in keep if k not in first]}
     nums = ", ".join(f"{k}={v:.4g}" for k, v in list(keep.items())[:10])
     print(f"  {rec.get('claim', rec.get('id', '?'))}: {rec.get('verdict', rec.get('outcome', '?'))}  {nums}")
 PY
