@@ -2,5 +2,7 @@
 
 ``attention_math`` (Var(q·k), softmax Jacobian, PE rotations), ``posterior`` (calibration against
 exact posteriors), ``probes`` (key geometry, PCA, linear probes, logit lens, ablation hooks),
-``subspace`` (φ subspace similarity, ΔW vs W), ``routing`` (the routing law of attention gradients).
+``subspace`` (φ subspace similarity, ΔW vs W), ``amplification`` (the exact random reference for
+‖UᵀWV‖ and the layer-pooled ΔW-vs-random test of LoRA Table 7), ``routing`` (the routing law of
+attention gradients).
 """
