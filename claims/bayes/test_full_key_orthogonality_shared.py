@@ -11,7 +11,9 @@ budget (query accuracy at chance, 0.08–0.13, after 1,000 steps at batch 128, 6
 runs on a GPU: the authors' paired-variant settings (``experiments/jlens/train_paired_variant.py``:
 V=20, L=19, 6L/6H/d192, RMSNorm, AdamW 3e-4, wd 0.1, warmup + cosine, batch 256), 20k steps
 instead of 50k, through the fast path (sizing as ``bayes_full_bijection``: ≥ 400 steps/s targeted,
-not yet measured).
+not yet measured). The training lives in ``labcore.training.paired_variant`` (moved there unchanged)
+so that ``bayes_frame_head_shared`` (test_full_frame_head_shared.py) ablates the same model: one
+training per seed and process, kept in the model cache.
 
 Prediction (written before any run): the model learns the lookup (query accuracy ≥ 0.9), and the
 most orthogonal layer-0 head — the authors' frame head, ``identify_frame_head`` in
@@ -20,19 +22,17 @@ random-init baseline (paper v3: 0.052 vs 0.082, −37 %). Control: the random ba
 not orthogonal (head means ≥ 0.1; E|cos| ≈ √(2/(π·32)) = 0.14 for d_head = 32).
 """
 
-import os
-import time
-
 import matplotlib.pyplot as plt
 import numpy as np
+import pytest
 import torch
 
-from labcore import GPT, GPTConfig
+from labcore import GPT
 from labcore.measures.probes import key_orthogonality
 from labcore.notebook.claims import Claim, Source
-from labcore.tasks.bijection import device_batches
-from labcore.tasks.bijection_paired import PairedBijectionTask, paired_scores
-from labcore.training.trainer import Every, TrainConfig, seeded_model, train
+from labcore.tasks.bijection_paired import paired_scores
+from labcore.training.paired_variant import MODEL_CONFIG, V, train_paired_variant
+from labcore.training.trainer import seeded_model
 
 CLAIM = Claim(
     id="bayes_key_orthogonality_shared",
@@ -61,49 +61,38 @@ CLAIM = Claim(
     needs="a CUDA GPU; ~1–2 min on an H200 through the fast path (estimate, not measured)",
 )
 
-V, L = 20, 19
-STEPS, WARMUP, BATCH = 20_000, 1_000, 256
 ACC_MIN, RATIO_MAX, RANDOM_MIN, N_INITS = 0.9, 0.8, 0.1, 8
-FAST = dict(sync_every=500, precision="bf16", stats_every=1000, compile=os.environ.get("LAB_COMPILE", "1") != "0")
 
 
-def test_shared_vocab_keys_become_orthogonal(lab):
-    task = PairedBijectionTask(V=V, L=L)
-    cfg = GPTConfig(vocab_size=task.vocab_size, n_ctx=task.seq_len, d_model=192, n_layers=6, n_heads=6,
-                    norm="rmsnorm")
-    build = lambda: GPT(cfg)  # noqa: E731
-    model = seeded_model(build, lab.seed).to(lab.device)
-    ev = task.sample(2048, torch.Generator().manual_seed(3_000_019 + lab.seed)).to(lab.device)
-    tokens = list(range(V))
-    start = time.perf_counter()
-    result = train(model, device_batches(lambda g: task.sample(BATCH, g), lab.device),
-                   TrainConfig(steps=STEPS, lr=3e-4, betas=(0.9, 0.999), weight_decay=0.1, schedule="warmup_cosine",
-                               warmup_steps=WARMUP, grad_clip=1.0, seed=lab.seed, track_update_ratio=False,
-                               device=str(lab.device), **FAST),
-                   callbacks=[Every(2000, lambda s, m: {**paired_scores(m(ev.tokens), ev),
-                                                       "orth_min": float(key_orthogonality(m, tokens).min())},
-                                    "curve")])
-    seconds = time.perf_counter() - start
-    assert not result.diverged, result.message
+@pytest.fixture(scope="module")
+def paired_run(lab_seed, lab_device):
+    """The paired-variant model of this seed, trained once per process (shared with
+    ``bayes_frame_head_shared``) or loaded from the model cache."""
+    return train_paired_variant(lab_seed, lab_device)
+
+
+def test_shared_vocab_keys_become_orthogonal(lab, paired_run):
+    run, tokens = paired_run, list(range(V))
+    assert not run.diverged, run.message
+    model, ev = run.model, run.eval_batch
     with torch.no_grad():
         scores = paired_scores(model(ev.tokens), ev)
     trained = key_orthogonality(model, tokens)                                         # (H,)
-    inits = np.stack([key_orthogonality(seeded_model(build, 50_000 + 100 * lab.seed + i), tokens)
+    inits = np.stack([key_orthogonality(seeded_model(lambda: GPT(MODEL_CONFIG), 50_000 + 100 * lab.seed + i), tokens)
                       for i in range(N_INITS)])                                         # (N_INITS, H)
     ratio_min, ratio_mean = trained.min() / inits.mean(), trained.mean() / inits.mean()
-    curve = result.evals["curve"]
+    curve = run.curve
     lab.record(**scores, trained_per_head=trained, trained_min_head=float(trained.min()),
                trained_mean=float(trained.mean()), random_mean=float(inits.mean()),
                random_head_mean_min=float(inits.mean(1).min()), ratio_min_head=float(ratio_min),
-               ratio_mean=float(ratio_mean), frame_head=int(trained.argmin()), seconds=seconds,
-               steps_per_second=result.steps_per_second,
-               curve=[[s, v["query_accuracy"], v["key_kl_bits"], v["orth_min"]] for s, v in curve],
-               paper_trained=0.052, paper_random=0.082)
+               ratio_mean=float(ratio_mean), frame_head=int(trained.argmin()), seconds=run.seconds,
+               steps_per_second=run.steps_per_second, from_cache=run.from_cache,
+               curve=curve, paper_trained=0.052, paper_random=0.082)
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    steps = [s for s, _ in curve]
-    ax.plot(steps, [v["query_accuracy"] for _, v in curve], "C0o-", label="query accuracy")
-    ax.plot(steps, [v["orth_min"] for _, v in curve], "C3s-", label="min-head mean |cos| (layer 0)")
+    steps = [c[0] for c in curve]
+    ax.plot(steps, [c[1] for c in curve], "C0o-", label="query accuracy")
+    ax.plot(steps, [c[3] for c in curve], "C3s-", label="min-head mean |cos| (layer 0)")
     ax.axhline(inits.mean(), color="gray", ls=":", label="random init mean |cos|")
     ax.set(xlabel="step", title=f"paired shared-vocab V={V}: frame head H{int(trained.argmin())}")
     ax.legend(fontsize=7)
