@@ -20,6 +20,8 @@ diffing        attention-pattern JS/KL per head, linear CKA of residuals (Kornbl
                output KL
 tracing        causal tracing (Meng et al. 2022, ROME): noise the subject's embeddings, restore one
                hidden state or MLP output per layer × position, indirect effect on p(answer)
+sae            sparse autoencoders (Bricken et al. 2023; Cunningham et al. 2023): train, FVE, L0,
+               dead fraction, spliced-in CE and loss recovered, the same-L0 PCA baseline
 =============  ===================================================================================
 
 This package is science: it never imports ``labcore.notebook``.
