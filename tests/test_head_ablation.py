@@ -19,9 +19,8 @@ from labcore.measures.head_ablation import (
     mean_ablate_head,
     random_direction_head,
     scan_heads,
-    zero_head_mask,
 )
-from labcore.measures.probes import zero_attention
+from labcore.measures.probes import zero_attention, zero_head
 
 CFG = GPTConfig(vocab_size=11, n_ctx=12, d_model=32, n_layers=2, n_heads=4)
 
@@ -51,8 +50,12 @@ def test_a_no_op_mask_reproduces_the_model_bit_for_bit(model, tokens):
 
 @pytest.mark.parametrize("layer,head", [(0, 0), (0, 3), (1, 2)])
 def test_zeroing_a_head_equals_zeroing_its_output_columns(model, tokens, layer, head):
-    """head_mask m_h = 0 is z_h W_O^h removed: the same as zeroing head h's columns of W_O."""
-    ablated = _run(model, tokens, head_mask(layer, zero_head_mask(4, head)))
+    """zero_head (head_mask with m_h = 0) is z_h W_O^h removed: the same as zeroing head h's columns of W_O,
+    and the same as the multiplicative mask."""
+    ablated = _run(model, tokens, zero_head(layer, head))
+    mask = torch.ones(4)
+    mask[head] = 0.0
+    assert torch.equal(ablated, _run(model, tokens, head_mask(layer, mask)))
     with torch.no_grad():
         assert not torch.allclose(ablated, model(tokens), atol=1e-4)  # a head changes the output
         by_hand = copy.deepcopy(model)
@@ -81,7 +84,7 @@ def test_mean_ablation_over_identical_rows_changes_nothing(model, tokens):
         assert torch.allclose(_run(model, same, mean_ablate_head(0, 1, mean_z)), model(same), atol=1e-6)
     # on varied rows it is a real ablation, and not the same as zeroing
     mz = head_mean_z(model, tokens, 0)
-    mean_out, zero_out = _run(model, tokens, mean_ablate_head(0, 1, mz)), _run(model, tokens, head_mask(0, zero_head_mask(4, 1)))
+    mean_out, zero_out = _run(model, tokens, mean_ablate_head(0, 1, mz)), _run(model, tokens, zero_head(0, 1))
     with torch.no_grad():
         assert not torch.allclose(mean_out, model(tokens), atol=1e-4)
     assert not torch.allclose(mean_out, zero_out, atol=1e-4)
@@ -106,7 +109,7 @@ def test_scan_heads_matches_one_ablation_at_a_time(model, tokens):
     out = scan_heads(model, tokens, 1, score)
     with torch.no_grad():
         assert out["intact"]["s"] == score(model(tokens))["s"]
-    assert [h["s"] for h in out["heads"]] == [score(_run(model, tokens, head_mask(1, zero_head_mask(4, h))))["s"]
+    assert [h["s"] for h in out["heads"]] == [score(_run(model, tokens, zero_head(1, h)))["s"]
                                              for h in range(4)]
     mean = scan_heads(model, tokens, 0, score, "mean")
     kicks = scan_heads(model, tokens, 0, score, "random", generator=torch.Generator().manual_seed(5))
@@ -117,7 +120,7 @@ def test_bad_input_gives_one_line_errors(model, tokens):
     with pytest.raises(ValueError, match="3 entries.*4 heads"):
         _run(model, tokens, head_mask(0, [1.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match="head=4 out of range"):
-        zero_head_mask(4, 4)
+        _run(model, tokens, zero_head(0, 4))
     with pytest.raises(ValueError, match="mode='max'"):
         scan_heads(model, tokens, 0, lambda l: {}, "max")
     with pytest.raises(ValueError, match="generator"):

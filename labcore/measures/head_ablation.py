@@ -30,7 +30,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["head_mask", "head_mean_z", "mean_ablate_head", "random_direction_head", "scan_heads", "zero_head_mask"]
+from labcore.measures.probes import zero_head
+
+__all__ = ["head_mask", "head_mean_z", "mean_ablate_head", "random_direction_head", "scan_heads"]
 
 Hook = tuple[str, Callable]
 MODES = ("zero", "mean", "random")
@@ -53,14 +55,6 @@ def head_mask(layer: int, mask: Sequence[float] | torch.Tensor) -> list[Hook]:
         return z * m.to(z.device, z.dtype)[None, None, :, None]
 
     return [(f"blocks.{layer}.attn.hook_z", fn)]
-
-
-def zero_head_mask(n_heads: int, head: int) -> torch.Tensor:
-    """The mask (H,) that removes ``head`` and keeps the others."""
-    _check_head(head, n_heads)
-    m = torch.ones(n_heads)
-    m[head] = 0.0
-    return m
 
 
 @torch.no_grad()
@@ -111,7 +105,7 @@ def scan_heads(model, tokens: torch.Tensor, layer: int, score: Callable[[torch.T
                mode: str = "zero", generator: torch.Generator | None = None) -> dict:
     """Ablate each head of block ``layer`` alone and grade the logits with ``score(logits) -> dict``.
 
-    ``mode``: "zero" (head_mask), "mean" (mean over ``tokens``' batch) or "random" (the same-norm
+    ``mode``: "zero" (``probes.zero_head``: the authors' head_mask with m_h = 0), "mean" (mean over ``tokens``' batch) or "random" (the same-norm
     kick, needs ``generator``). Returns {"intact": score under the no-op mask, "heads": [score, ...]}.
     """
     if mode not in MODES:
@@ -125,7 +119,7 @@ def scan_heads(model, tokens: torch.Tensor, layer: int, score: Callable[[torch.T
     heads = []
     for h in range(n_heads):
         if mode == "zero":
-            hooks = head_mask(layer, zero_head_mask(n_heads, h))
+            hooks = zero_head(layer, h)  # = head_mask with m_h = 0
         elif mode == "mean":
             hooks = mean_ablate_head(layer, h, mean_z)
         else:
