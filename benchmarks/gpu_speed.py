@@ -27,11 +27,7 @@ from labcore.glassbox.state_head import StateHeadGPT, hmm_state_loss  # noqa: E4
 from labcore.tasks import bijection, hmm  # noqa: E402
 from labcore.notebook.hardware import peak_flops  # noqa: E402
 from labcore.training.flops import train_flops_per_step  # noqa: E402
-from labcore.training.trainer import TrainConfig, next_token_loss, seeded_model, train  # noqa: E402
-
-def peak(precision: str) -> float:
-    return peak_flops(torch.cuda.get_device_name(), precision)
-
+from labcore.training.trainer import TrainConfig, gpu_fast_options, next_token_loss, seeded_model, train  # noqa: E402
 
 def setups():
     btask = bijection.BijectionTask(V=20, L=19)
@@ -50,12 +46,12 @@ def setups():
     ]
 
 
-def measure(name, factory, batch, seq, loss_fn, precision, cpu_batches, gpu_batches, steps, compile_):
+def measure(name, factory, batch, seq, loss_fn, precision, cpu_batches, gpu_batches, steps):
     rows = []
     base = dict(lr=3e-4, weight_decay=0.1, track_update_ratio=False, device="cuda")
-    fast_cfg = dict(sync_every=500, precision=precision, stats_every=1000, compile=compile_)
+    fast_cfg = gpu_fast_options(precision)  # compile unless LAB_COMPILE=0
     runs = [("default", cpu_batches, {}, max(steps // 10, 50)), ("fast", gpu_batches, fast_cfg, steps)]
-    if compile_:  # the same with CUDA graphs (torch.compile mode="reduce-overhead"): launch cost removed
+    if fast_cfg["compile"]:  # the same with CUDA graphs (torch.compile mode="reduce-overhead"): launch cost removed
         runs.append(("graphs", gpu_batches, {**fast_cfg, "compile": "reduce-overhead"}, steps))
     for label, batches, fast, n in runs:
         model = seeded_model(factory, 0).cuda()
@@ -72,7 +68,7 @@ def measure(name, factory, batch, seq, loss_fn, precision, cpu_batches, gpu_batc
         sps = n / (time.perf_counter() - t0)
         achieved = train_flops_per_step(model, batch, seq) * sps
         prec = precision if fast else "fp32"
-        top = peak(prec)
+        top = peak_flops(torch.cuda.get_device_name(), prec)
         rows.append(dict(model=name, path=label, precision=prec, steps=n, steps_per_second=sps,
                          tflops=achieved / 1e12, mfu=achieved / top, final_loss=float(res.metrics["loss"][-1])))
         print(f"{name:9s} {label:7s} {prec:4s} {sps:8.1f} steps/s  {achieved / 1e12:7.1f} TFLOP/s  "
@@ -87,9 +83,9 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("gpu_speed.py needs CUDA")
-    compile_ = os.environ.get("LAB_COMPILE", "1") != "0"
-    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  compile={compile_}", flush=True)
-    rows = [r for s in setups() for r in measure(*s, steps=args.steps, compile_=compile_)]
+    print(f"{torch.cuda.get_device_name()}  torch {torch.__version__}  compile={gpu_fast_options('bf16')['compile']}",
+          flush=True)
+    rows = [r for s in setups() for r in measure(*s, steps=args.steps)]
     with open(args.out, "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
 

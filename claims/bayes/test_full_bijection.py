@@ -31,7 +31,7 @@ from labcore.notebook.claims import Claim, Source
 from labcore.notebook.hardware import needs
 from labcore.tasks.bijection import BijectionTask, device_batches
 from labcore.training.flops import train_flops_per_step
-from labcore.training.trainer import Every, TrainConfig, seeded_model, train
+from labcore.training.trainer import Every, TrainConfig, gpu_fast_options, seeded_model, train
 
 CLAIM = Claim(
     id="bayes_full_bijection",
@@ -63,7 +63,7 @@ MAE_MAX, KL_MAX, EM_MAX, SEPARATION_MIN = 0.01, 0.01, 0.005, 100.0
 # GPU, metrics read back every 500 steps, bf16 autocast (the bound, 0.01 bits, is ~10× the paper's
 # value; evaluation runs in fp32), torch.compile unless LAB_COMPILE=0. Under torchrun each rank
 # trains on BATCH / WORLD_SIZE sequences per step, so the global batch stays the paper's.
-FAST = dict(sync_every=500, precision="bf16", stats_every=1000, compile=os.environ.get("LAB_COMPILE", "1") != "0")
+FAST = gpu_fast_options("bf16")
 RANK_BATCH = BATCH // int(os.environ.get("WORLD_SIZE", "1"))
 
 

@@ -35,7 +35,6 @@ brief's, an order of magnitude above the paper's v1 number and 50× below its v3
 """
 
 import math
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -49,7 +48,7 @@ from labcore.glassbox.state_head import StateHeadGPT, hmm_state_loss
 from labcore.tasks.bijection import device_batches
 from labcore.tasks.hmm import HMMTask, batch_fn
 from labcore.training.flops import train_flops_per_step
-from labcore.training.trainer import TrainConfig, seeded_model, train
+from labcore.training.trainer import TrainConfig, gpu_fast_options, seeded_model, train
 
 CLAIM = Claim(
     id="bayes_full_hmm",
@@ -89,7 +88,7 @@ TOL_K20, TOL_KL_K20, CONTROL_RATIO = 1e-3, 1e-2, 100.0  # entropy MAE (paper's m
 # the fast path on CUDA (docs/performance.md): SDPA attention, HMMs drawn and filtered on the GPU,
 # metrics read back every 500 steps, TF32 matmuls (not bf16: the bound is 1e-3 bits and the paper's
 # v1 value 7.5e-5), torch.compile unless LAB_COMPILE=0. On a CPU the default loop runs unchanged.
-FAST = dict(sync_every=500, precision="tf32", stats_every=1000, compile=os.environ.get("LAB_COMPILE", "1") != "0")
+FAST = gpu_fast_options("tf32")
 
 
 def train_and_evaluate(seed: int, device, steps: int = STEPS, config: GPTConfig = MODEL_CONFIG,

@@ -19,7 +19,6 @@ A run that diverged is returned (``diverged``, ``message``) and never cached.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ from labcore.tasks.bijection_paired import (
     paired_scores,
 )
 from labcore.training.cache import CachedRun, cached_run
-from labcore.training.trainer import Every, TrainConfig, seeded_model, train
+from labcore.training.trainer import Every, TrainConfig, gpu_fast_options, seeded_model, train
 
 V, L = 20, 19
 STEPS, WARMUP, BATCH = 20_000, 1_000, 256
@@ -45,16 +44,10 @@ MODEL_CONFIG = GPTConfig(vocab_size=TASK.vocab_size, n_ctx=TASK.seq_len, d_model
 CACHE_NAME = "paired-variant"
 
 
-def fast_options() -> dict:
-    """The fast-path settings (read at call time: ``LAB_COMPILE=0`` turns compilation off)."""
-    return {"sync_every": 500, "precision": "bf16", "stats_every": 1000,
-            "compile": os.environ.get("LAB_COMPILE", "1") != "0"}
-
-
 def train_config(seed: int, device: str, steps: int = STEPS, fast: dict | None = None) -> TrainConfig:
     return TrainConfig(steps=steps, lr=3e-4, betas=(0.9, 0.999), weight_decay=0.1, schedule="warmup_cosine",
                        warmup_steps=min(WARMUP, steps), grad_clip=1.0, seed=seed, track_update_ratio=False,
-                       device=device, **(fast_options() if fast is None else fast))
+                       device=device, **(gpu_fast_options("bf16") if fast is None else fast))
 
 
 def eval_batch(seed: int, device, size: int = EVAL_SIZE) -> PairedBatch:
@@ -93,7 +86,7 @@ def train_paired_variant(seed: int, device, steps: int = STEPS, config: GPTConfi
     """Train (or load) the paired-variant model of ``seed`` on ``device``; see the module docstring.
     ``steps``, ``config``, ``eval_size`` and ``fast`` exist for CPU tests of this code path."""
     device = str(torch.device(device))
-    recipe = {"steps": steps, "eval_size": eval_size, "fast": fast_options() if fast is None else fast}
+    recipe = {"steps": steps, "eval_size": eval_size, "fast": gpu_fast_options("bf16") if fast is None else fast}
     key = (seed, device, config, repr(sorted(recipe.items())))
     if key not in _MEMO:
         _MEMO[key] = _train_or_load(seed, device, steps, config, eval_size, fast, recipe)

@@ -221,6 +221,14 @@ class _Progress:
 CUDA_SYNC_EVERY = 100
 
 
+def gpu_fast_options(precision: str) -> dict:
+    """The GPU tier's fast-path options, ``TrainConfig(**gpu_fast_options("bf16"), ...)``: metrics read
+    back every 500 steps, ``precision``, Adam statistics every 1,000 steps, ``torch.compile`` unless
+    ``LAB_COMPILE=0`` (read when called)."""
+    return {"sync_every": 500, "precision": precision, "stats_every": 1000,
+            "compile": os.environ.get("LAB_COMPILE", "1") != "0"}
+
+
 def on_device(cfg: TrainConfig, device: torch.device) -> TrainConfig:
     """The config ``train`` runs on ``device``: ``cfg`` itself, except on CUDA (see CUDA_SYNC_EVERY)."""
     if device.type != "cuda" or cfg.fast_path or os.environ.get("LAB_CUDA_DEFAULT_LOOP", "0") not in ("", "0"):
