@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from labcore.tasks.bijection import (IGNORE_INDEX, _TensorBatch, _entropy_bits_exact, _exact_posterior,
-                                     _require_generator, _require_int)
+                                     _require_generator, _require_int, token_batches)
 
 
 @dataclass
@@ -100,15 +100,7 @@ class PairedBijectionTask:
 
 def paired_batch_fn(task: PairedBijectionTask, batch_size: int):
     """Adapter for ``labcore.training.trainer.train``: (step, generator) -> (tokens, targets)."""
-    if not isinstance(task, PairedBijectionTask):
-        raise ValueError(f"task must be a PairedBijectionTask, got {type(task).__name__}")
-    _require_int("batch_size", batch_size, 1)
-
-    def fn(step: int, generator: torch.Generator):
-        b = task.sample(batch_size, generator)
-        return b.tokens, b.targets
-
-    return fn
+    return token_batches(task, PairedBijectionTask, batch_size)
 
 
 @torch.no_grad()
